@@ -1,0 +1,23 @@
+"""hf_afr: foresight pruning of pretrained Hugging Face ViTs with SNIP, ReFer and AFR."""
+
+__version__ = "0.1.0"
+
+from .config import PrunerConfig
+from .criteria import available_criteria, get_criterion, register_criterion
+from .masks import apply_masks, select_masks
+from .pruner import AFRPruner
+from .report import SparsityReport
+from .targets import find_prunable_parameters
+
+__all__ = [
+    "AFRPruner",
+    "PrunerConfig",
+    "SparsityReport",
+    "__version__",
+    "apply_masks",
+    "available_criteria",
+    "find_prunable_parameters",
+    "get_criterion",
+    "register_criterion",
+    "select_masks",
+]

@@ -1,0 +1,232 @@
+"""`PrunerConfig`: every option of a pruning run, serialisable as `pruner_config.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+PRUNER_CONFIG_NAME = "pruner_config.json"
+
+SCOPES = ("global", "layerwise")
+FEATURE_TOKENS = ("cls", "mean")
+FEATURE_LAYERS = ("encoder", "all")
+
+
+@dataclass
+class PrunerConfig:
+    """Configuration of a single-shot pruning run.
+
+    Every field has a `help` entry, so the class can be handed to `HfArgumentParser`.
+
+    Example:
+        ```python
+        >>> from hf_afr import PrunerConfig
+        >>> config = PrunerConfig(method="afr", sparsity=0.9, num_batches=4)
+        >>> config.save_pretrained("pruned-vit")  # writes pruned-vit/pruner_config.json
+        ```
+    """
+
+    method: str = field(
+        default="afr",
+        metadata={"help": "Pruning criterion: 'afr', 'snip', 'refer', 'magnitude' or 'random'."},
+    )
+    sparsity: float = field(
+        default=0.9,
+        metadata={"help": "Fraction of prunable weights set to zero, in [0, 1)."},
+    )
+    scope: str = field(
+        default="global",
+        metadata={
+            "help": "'global': one ranking over all prunable weights (as in the paper); "
+            "'layerwise': every prunable tensor is pruned to `sparsity` on its own."
+        },
+    )
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules whose weights are prunable. Each entry matches a module name exactly, "
+            "as a dotted suffix (e.g. 'q_proj') or as a full regular expression. Default: every "
+            "nn.Linear inside the ViT encoder layers."
+        },
+    )
+    exclude_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules never pruned, matched like `target_modules`."},
+    )
+    prune_patch_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Also prune the patch-embedding projection (Conv2d) weight."},
+    )
+    prune_classifier: bool = field(
+        default=False,
+        metadata={"help": "Also prune the classifier head weight."},
+    )
+    feature_token: str = field(
+        default="cls",
+        metadata={
+            "help": "ReFer/AFR: the per-sample feature of a layer. 'cls': the CLS token "
+            "h[:, 0, :]; 'mean': the mean over all tokens."
+        },
+    )
+    feature_layers: str = field(
+        default="encoder",
+        metadata={
+            "help": "ReFer/AFR: hidden states whose feature matrices enter the objective. "
+            "'encoder': the outputs of the L encoder layers; 'all': the embedding output too."
+        },
+    )
+    num_batches: int = field(
+        default=4,
+        metadata={
+            "help": "Number of scoring batches taken from the data. Gradients add up over "
+            "batches; for ReFer the objective is the sum of per-batch objectives."
+        },
+    )
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Split each scoring batch into micro-batches of this size to bound memory. "
+            "The scores are exactly those of the whole batch (ReFer included)."
+        },
+    )
+    min_density: float = field(
+        default=0.0,
+        metadata={
+            "help": "Guard against fully pruned tensors: every prunable tensor keeps at least "
+            "this fraction of its weights. 0 (off) reproduces the paper's global allocation."
+        },
+    )
+    seed: int = field(
+        default=42,
+        metadata={"help": "Seed for the 'random' criterion and for any sampling while scoring."},
+    )
+
+    def __post_init__(self) -> None:
+        from .criteria import available_criteria
+
+        methods = available_criteria()
+        if self.method not in methods:
+            raise ValueError(
+                f"Unknown pruning method {self.method!r}. Choose one of: {', '.join(methods)}."
+            )
+        self.sparsity = _as_float("sparsity", self.sparsity)
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(
+                f"`sparsity` must be in [0, 1) (the fraction of prunable weights set to zero), "
+                f"got {self.sparsity}. For 90% sparsity pass 0.9."
+            )
+        _check_choice("scope", self.scope, SCOPES)
+        _check_choice("feature_token", self.feature_token, FEATURE_TOKENS)
+        _check_choice("feature_layers", self.feature_layers, FEATURE_LAYERS)
+        if isinstance(self.num_batches, bool) or not isinstance(self.num_batches, int):
+            raise ValueError(f"`num_batches` must be an integer, got {self.num_batches!r}.")
+        if self.num_batches < 1:
+            raise ValueError(f"`num_batches` must be at least 1, got {self.num_batches}.")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(
+                f"`micro_batch_size` must be a positive integer or None, got {self.micro_batch_size}."
+            )
+        self.min_density = _as_float("min_density", self.min_density)
+        if not 0.0 <= self.min_density <= 1.0 - self.sparsity:
+            raise ValueError(
+                f"`min_density` must be in [0, 1 - sparsity] = [0, {1.0 - self.sparsity:.4g}], "
+                f"got {self.min_density}: no allocation could keep that much of every tensor."
+            )
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, [value])
+            elif value is not None and not all(isinstance(v, str) for v in value):
+                raise ValueError(f"`{name}` must be a list of strings, got {value!r}.")
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the criterion reads batches (SNIP, ReFer, AFR) or only the weights."""
+        from .criteria import get_criterion
+
+        return get_criterion(self.method).needs_data
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (lists copied)."""
+        return dataclasses.asdict(self)
+
+    def to_json_string(self) -> str:
+        from . import __version__
+
+        return (
+            json.dumps({**self.to_dict(), "hf_afr_version": __version__}, indent=2, sort_keys=True)
+            + "\n"
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write `pruner_config.json` (sorted keys, library version recorded) into a folder."""
+        from .io_utils import atomic_write_text
+
+        if os.path.isfile(save_directory):
+            raise ValueError(f"`save_directory` must be a folder, but {save_directory} is a file.")
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, PRUNER_CONFIG_NAME)
+        atomic_write_text(path, self.to_json_string())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrunerConfig:
+        """Build a config, dropping (with a warning) keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in data if k not in known and k != "hf_afr_version")
+        if unknown:
+            logger.warning(f"Ignoring unknown keys in the pruner config: {', '.join(unknown)}.")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> PrunerConfig:
+        """Load `pruner_config.json` from a local folder, a file path or a Hub repository id.
+
+        Args:
+            name_or_path (`str` or `os.PathLike`): a folder holding `pruner_config.json`, the
+                file itself, or a Hub repo id.
+            hub_kwargs: passed to `huggingface_hub.hf_hub_download` (`revision`, `token`, ...).
+        """
+        path = _resolve_config_file(str(name_or_path), **hub_kwargs)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+        return cls.from_dict(data)
+
+
+def _resolve_config_file(name_or_path: str, **hub_kwargs: Any) -> str:
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, PRUNER_CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"No {PRUNER_CONFIG_NAME} in {name_or_path}.")
+        return path
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(name_or_path, PRUNER_CONFIG_NAME, **hub_kwargs)
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a number, got {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a number, got {value!r}.") from None
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, allowed))}, got {value!r}.")

@@ -1,0 +1,15 @@
+"""ReFer: score = |d(sum_l F_svd^l)/dw * w|, F_svd^l the mean singular value of layer l's features."""
+
+from __future__ import annotations
+
+import torch
+
+from . import register_criterion
+from .gradients import accumulate_gradients, connection_sensitivity
+
+
+@register_criterion("refer")
+def refer_scores(model, batches, params, config) -> dict[str, torch.Tensor]:
+    """|dR/dw * w| with R the feature-retention objective (see `gradients.refer_objective`)."""
+    (grads,) = accumulate_gradients(model, batches, params, config, objectives=("refer",))
+    return connection_sensitivity(grads, params)

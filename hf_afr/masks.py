@@ -1,0 +1,103 @@
+"""From scores to boolean masks (True = kept), and applying them to the weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def check_scores(scores: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> None:
+    """Raise a `ValueError` naming the first parameter whose scores are missing or not finite."""
+    for name, p in params.items():
+        s = scores.get(name)
+        if s is None or s.shape != p.shape:
+            got = None if s is None else tuple(s.shape)
+            raise ValueError(f"Scores for {name!r} must have shape {tuple(p.shape)}, got {got}.")
+        bad = (~torch.isfinite(s)).sum().item()
+        if bad:
+            raise ValueError(
+                f"{bad} non-finite scores (NaN or inf) for parameter {name!r}. Check the model's "
+                "weights and the scoring batches (e.g. NaN pixels, a diverged model, fp16 overflow)."
+            )
+
+
+def _ascending_order(flat: torch.Tensor) -> torch.Tensor:
+    """Indices sorting `flat` ascending; ties keep index order, so selection is deterministic."""
+    return torch.sort(flat, stable=True).indices
+
+
+def _prune_lowest(scores: torch.Tensor, num_pruned: int) -> torch.Tensor:
+    mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    mask[_ascending_order(scores.reshape(-1).float())[:num_pruned]] = False
+    return mask.view(scores.shape)
+
+
+def _forced_keep(scores: dict[str, torch.Tensor], min_density: float) -> dict[str, torch.Tensor]:
+    """Per tensor, the top `ceil(min_density * n)` entries, which global selection must keep."""
+    keep = {}
+    for name, s in scores.items():
+        num_kept = math.ceil(min_density * s.numel() - 1e-9)
+        keep[name] = ~_prune_lowest(s, s.numel() - num_kept)
+    return keep
+
+
+def select_masks(
+    scores: dict[str, torch.Tensor],
+    sparsity: float,
+    scope: str = "global",
+    min_density: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """Boolean masks (True = kept) pruning the lowest-scored weights.
+
+    Exact: with scope "global" exactly `round(sparsity * n)` of the n scored weights are
+    pruned; with "layerwise" exactly `round(sparsity * n_t)` of each tensor's n_t. Ties are
+    broken deterministically (the earlier position is pruned first). `min_density` makes
+    every tensor keep at least `ceil(min_density * n_t)` weights (global scope).
+
+    Args:
+        scores (`dict[str, Tensor]`): one finite score tensor per parameter name.
+        sparsity (`float`): fraction of weights to prune, in [0, 1).
+        scope (`str`, defaults to `"global"`): `"global"` or `"layerwise"`.
+        min_density (`float`, defaults to 0.0): per-tensor floor on the kept fraction.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"`sparsity` must be in [0, 1), got {sparsity}.")
+    if not scores:
+        raise ValueError("No scores were given, so there is nothing to prune.")
+    if scope == "layerwise":
+        return {name: _prune_lowest(s, round(sparsity * s.numel())) for name, s in scores.items()}
+    if scope != "global":
+        raise ValueError(f"`scope` must be 'global' or 'layerwise', got {scope!r}.")
+
+    names = list(scores)
+    flat = torch.cat([scores[name].reshape(-1).float() for name in names])
+    num_pruned = round(sparsity * flat.numel())
+    if min_density > 0:
+        keep = torch.cat([_forced_keep(scores, min_density)[name].reshape(-1) for name in names])
+        if flat.numel() - int(keep.sum()) < num_pruned:
+            raise ValueError(
+                f"min_density={min_density} keeps {int(keep.sum())} weights, leaving too few to "
+                f"reach sparsity {sparsity}; lower `min_density` or `sparsity`."
+            )
+        flat = flat.masked_fill(keep, float("inf"))
+    flat_mask = _prune_lowest(flat, num_pruned)
+    masks, start = {}, 0
+    for name in names:
+        n = scores[name].numel()
+        masks[name] = flat_mask[start : start + n].view(scores[name].shape).clone()
+        start += n
+    return masks
+
+
+@torch.no_grad()
+def apply_masks(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
+    """Set the pruned entries (mask False) of each parameter to exactly zero, in place."""
+    for name, mask in masks.items():
+        p = params[name]
+        if mask.shape != p.shape:
+            raise ValueError(
+                f"Mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(p.shape)}."
+            )
+        p.masked_fill_(~mask.to(p.device), 0)

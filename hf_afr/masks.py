@@ -39,7 +39,7 @@ def _forced_keep(scores: dict[str, torch.Tensor], min_density: float) -> dict[st
     keep = {}
     for name, s in scores.items():
         num_kept = math.ceil(min_density * s.numel() - 1e-9)
-        keep[name] = ~_prune_lowest(s, s.numel() - num_kept)
+        keep[name] = _prune_lowest(s, s.numel() - num_kept)
     return keep
 
 
@@ -75,7 +75,8 @@ def select_masks(
     flat = torch.cat([scores[name].reshape(-1).float() for name in names])
     num_pruned = round(sparsity * flat.numel())
     if min_density > 0:
-        keep = torch.cat([_forced_keep(scores, min_density)[name].reshape(-1) for name in names])
+        forced = _forced_keep(scores, min_density)
+        keep = torch.cat([forced[name].reshape(-1) for name in names])
         if flat.numel() - int(keep.sum()) < num_pruned:
             raise ValueError(
                 f"min_density={min_density} keeps {int(keep.sum())} weights, leaving too few to "

@@ -1,6 +1,6 @@
 """hf_afr: foresight pruning of pretrained Hugging Face ViTs with SNIP, ReFer and AFR."""
 
-__version__ = "0.1.0"
+from pathlib import Path
 
 from .config import PrunerConfig
 from .criteria import available_criteria, get_criterion, register_criterion
@@ -9,8 +9,14 @@ from .pruner import AFRPruner
 from .report import SparsityReport
 from .targets import find_prunable_parameters
 
+__version__ = "0.1.0"
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "tiny-vit-glyphs"
+"""The embedded default: a tiny ViT pretrained on rendered glyphs, shipped with the package."""
+
 __all__ = [
     "AFRPruner",
+    "DEFAULT_MODEL",
     "PrunerConfig",
     "SparsityReport",
     "__version__",

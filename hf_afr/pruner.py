@@ -12,6 +12,15 @@ from torch import nn
 from transformers import AutoConfig, ViTForImageClassification
 from transformers.utils import logging
 
+from . import integration  # noqa: F401  (registers the compact-checkpoint loader)
+from .compact import (
+    CHECKPOINT_FORMATS,
+    COMPACT_WEIGHTS_NAME,
+    DENSE_WEIGHT_PATTERNS,
+    load_compact_masks,
+    save_compact_checkpoint,
+    staged_directory,
+)
 from .config import PRUNER_CONFIG_NAME, PrunerConfig
 from .criteria import get_criterion
 from .mask_io import MASKS_NAME, load_masks, save_masks
@@ -49,6 +58,8 @@ class AFRPruner:
         self.config = config if config is not None else PrunerConfig()
         self.params = find_prunable_parameters(model, self.config)
         self.masks: dict[str, torch.Tensor] = {}
+        # Hub id of the unpruned model, for model cards (set by `from_pretrained`).
+        self.base_model: str | None = None
 
     @classmethod
     def from_pretrained(
@@ -62,8 +73,8 @@ class AFRPruner:
         Args:
             name_or_path (`str` or `os.PathLike`): Hub id (e.g. `"google/vit-base-patch16-224"`)
                 or local folder of a ViT checkpoint: a classifier, a bare `ViTModel` (as
-                `facebook/dino-vitb16`) or a checkpoint pruned by hf_afr (whose config and
-                masks are restored).
+                `facebook/dino-vitb16`) or a checkpoint pruned by hf_afr, dense or compact
+                (whose config and masks are restored).
             config (`PrunerConfig`, *optional*): pruning options; defaults to the checkpoint's
                 `pruner_config.json` if it has one, else `PrunerConfig()`.
             model_kwargs: passed to `ViTForImageClassification.from_pretrained` (`num_labels`,
@@ -87,6 +98,8 @@ class AFRPruner:
         pruner = cls(model, config if config is not None else saved[0])
         if saved[1] is not None:
             pruner.set_masks(saved[1])
+        if saved[0] is None and not os.path.isdir(name_or_path):
+            pruner.base_model = name_or_path
         return pruner
 
     def compute_scores(
@@ -159,13 +172,135 @@ class AFRPruner:
             raise ValueError("The model has not been pruned yet: call `prune(batches)` first.")
         return SparsityReport.from_masks(self.masks)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Save the pruned model (standard transformers checkpoint), its config and masks."""
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        checkpoint_format: str = "dense",
+        *,
+        image_processor: Any | None = None,
+        model_card: bool = True,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Save the pruned model, its pruning config, masks and model card into a folder.
+
+        Every file is written to a staging folder first and then moved in place, weights before
+        `config.json`: an interrupted save leaves the folder as it was.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): the folder (created if needed).
+            checkpoint_format (`str`, defaults to `"dense"`):
+                - `"dense"`: a standard transformers checkpoint with zeros in the pruned places
+                  (loads without hf_afr), plus the masks in `pruning_masks.safetensors`;
+                - `"compact"`: `model.compact.safetensors`, pruned tensors as encoded mask + kept
+                  values (about 10x smaller at 90% sparsity); loads with
+                  `AutoModelForImageClassification.from_pretrained` after `import hf_afr`.
+            image_processor (*optional*): saved alongside (e.g. a `ViTImageProcessor`), so that
+                `pipeline("image-classification", model=save_directory)` works.
+            model_card (`bool`, defaults to `True`): write README.md and the per-layer density plot;
+                an existing README.md is updated, not replaced.
+            model_card_kwargs (`dict`, *optional*): passed to `create_model_card` (`base_model`,
+                `datasets`, `accuracy`, `eval_dataset`, `command`, ...).
+            kwargs: passed to `model.save_pretrained` (dense format only, e.g. `max_shard_size`).
+        """
+        if checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(
+                f"`checkpoint_format` must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}."
+            )
+        if kwargs.get("push_to_hub"):
+            raise ValueError("Use `AFRPruner.push_to_hub(repo_id, ...)` to upload a pruned model.")
+        if checkpoint_format == "compact" and kwargs:
+            raise ValueError(f"Options {sorted(kwargs)} only apply to the dense checkpoint format.")
+        if checkpoint_format == "compact" and not self.masks:
+            raise ValueError("A compact checkpoint stores the masks: call `prune(batches)` first.")
         save_directory = os.fspath(save_directory)
-        self.model.save_pretrained(save_directory, **kwargs)
-        self.config.save_pretrained(save_directory)
+        stale = (
+            DENSE_WEIGHT_PATTERNS + (MASKS_NAME,)
+            if checkpoint_format == "compact"
+            else (COMPACT_WEIGHTS_NAME,)
+        )
+        with staged_directory(save_directory, stale=stale) as staging:
+            weights = self._save_weights(staging, checkpoint_format, **kwargs)
+            self.config.save_pretrained(staging)
+            if image_processor is not None:
+                image_processor.save_pretrained(staging)
+            if model_card and self.masks:
+                self._save_model_card(
+                    staging, save_directory, checkpoint_format, weights, model_card_kwargs or {}
+                )
+
+    def _save_weights(self, folder: str, checkpoint_format: str, **kwargs: Any) -> str:
+        """Write the weights (and, for dense, the masks sidecar); returns the weights file."""
+        if checkpoint_format == "compact":
+            save_compact_checkpoint(self.model, self.masks, folder)
+            return os.path.join(folder, COMPACT_WEIGHTS_NAME)
+        self.model.save_pretrained(folder, **kwargs)
         if self.masks:
-            save_masks(self.masks, os.path.join(save_directory, MASKS_NAME))
+            save_masks(self.masks, os.path.join(folder, MASKS_NAME))
+        return os.path.join(folder, "model.safetensors")
+
+    def _save_model_card(
+        self, folder: str, save_directory: str, checkpoint_format: str, weights: str, kwargs: dict
+    ) -> None:
+        from .model_card import MODEL_CARD_NAME, save_model_card
+
+        kwargs = dict(kwargs)
+        if not kwargs.get("repo_id"):
+            kwargs.setdefault("model_name", os.path.basename(os.path.abspath(save_directory)))
+        if os.path.isfile(weights):
+            kwargs.setdefault("weights_size", os.path.getsize(weights))
+        card = self.create_model_card(checkpoint_format, **kwargs)
+        existing = os.path.join(save_directory, MODEL_CARD_NAME)
+        save_model_card(card, folder, self.masks, existing=existing)
+
+    def create_model_card(self, checkpoint_format: str = "dense", **kwargs: Any):
+        """The `huggingface_hub.ModelCard` of the pruned model (see `hf_afr.model_card`).
+
+        Args:
+            checkpoint_format (`str`, defaults to `"dense"`): the format the card describes.
+            kwargs: passed to `hf_afr.model_card.create_model_card` (`repo_id`, `base_model`,
+                `datasets`, `accuracy`, `eval_dataset`, `eval_split`, `license`, `tags`, `command`).
+        """
+        from .model_card import create_model_card
+
+        kwargs.setdefault("base_model", self.base_model)
+        return create_model_card(
+            self.config, self.masks, checkpoint_format=checkpoint_format, **kwargs
+        )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        checkpoint_format: str = "dense",
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        image_processor: Any | None = None,
+        create_pr: bool = False,
+        **card_kwargs: Any,
+    ):
+        """Upload the pruned model to the Hub in one commit (see `hf_afr.hub.push_to_hub`).
+
+        Example:
+            ```python
+            >>> pruner.push_to_hub("me/vit-b16-afr90", checkpoint_format="compact", datasets="cifar10")
+            ```
+        """
+        from .hub import push_to_hub
+
+        return push_to_hub(
+            self,
+            repo_id,
+            checkpoint_format=checkpoint_format,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            image_processor=image_processor,
+            **card_kwargs,
+        )
 
 
 def _complete_label_kwargs(kwargs: dict[str, Any]) -> None:
@@ -181,12 +316,20 @@ def _complete_label_kwargs(kwargs: dict[str, Any]) -> None:
 
 
 def _load_pruning_state(name_or_path: str, hub_kwargs: dict[str, Any]):
-    """(PrunerConfig, masks) saved beside a checkpoint, or (None, None) if it has none."""
+    """(PrunerConfig, masks) saved beside a checkpoint, or (None, None) if it has none.
+
+    The masks come from the sidecar of a dense checkpoint or from a compact checkpoint's weights.
+    """
     config_file = _optional_file(name_or_path, PRUNER_CONFIG_NAME, hub_kwargs)
     if config_file is None:
         return None, None
     masks_file = _optional_file(name_or_path, MASKS_NAME, hub_kwargs)
-    return PrunerConfig.from_pretrained(config_file), load_masks(masks_file) if masks_file else None
+    if masks_file is not None:
+        masks = load_masks(masks_file)
+    else:
+        compact_file = _optional_file(name_or_path, COMPACT_WEIGHTS_NAME, hub_kwargs)
+        masks = load_compact_masks(compact_file) if compact_file else None
+    return PrunerConfig.from_pretrained(config_file), masks
 
 
 def _optional_file(name_or_path: str, filename: str, hub_kwargs: dict[str, Any]) -> str | None:

@@ -1,0 +1,305 @@
+"""Model cards for pruned checkpoints: Hub metadata, sparsity table, per-layer density plot.
+
+The card is rendered from `model_cards/pruned_model_card.md` (a Jinja template, shipped inside the
+package as `hf_afr/model_cards/pruned_model_card.md`) with `huggingface_hub.ModelCard`. The part
+hf_afr writes sits between two HTML comments, so re-saving into a folder whose README.md was
+edited by hand updates that part and the metadata and keeps everything else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .config import PrunerConfig
+from .io_utils import atomic_path, atomic_write_text
+from .report import SparsityReport
+
+MODEL_CARD_NAME = "README.md"
+DENSITY_PLOT_NAME = "sparsity_per_layer.png"
+TEMPLATE_NAME = "pruned_model_card.md"
+TEMPLATE_PATH = Path(__file__).resolve().parent / "model_cards" / TEMPLATE_NAME
+CARD_START = "<!-- hf_afr:card:start -->"
+CARD_END = "<!-- hf_afr:card:end -->"
+
+METHODS = {
+    "afr": (
+        "AFR (Adaptive Feature Retention)",
+        "Each weight is scored by the z-scored ReFer score (how much it keeps the pretrained "
+        "feature representations) plus the z-scored SNIP score (how much it moves the "
+        "downstream loss); the lowest scores are pruned.",
+    ),
+    "refer": (
+        "ReFer (Retaining Feature Representation)",
+        "Each weight is scored by its effect on the mean singular value of every layer's feature "
+        "matrix, so the pretrained representations are kept; the lowest scores are pruned.",
+    ),
+    "snip": (
+        "SNIP",
+        "Each weight is scored by |dL/dw * w| on the downstream loss; the lowest scores are pruned.",
+    ),
+    "magnitude": ("magnitude pruning", "The weights of smallest absolute value are pruned."),
+    "random": ("random pruning", "Weights are pruned uniformly at random (a baseline)."),
+}
+
+_SCRIPT_HINT = (
+    "# Scoring needs batches of {'pixel_values', 'labels'} from the downstream training set."
+)
+
+
+def create_model_card(
+    pruner_config: PrunerConfig,
+    masks: Mapping[str, torch.Tensor],
+    *,
+    checkpoint_format: str = "dense",
+    model_name: str | None = None,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    datasets: str | list[str] | None = None,
+    accuracy: float | None = None,
+    eval_dataset: str | None = None,
+    eval_split: str | None = None,
+    license: str | None = None,
+    language: str | list[str] | None = None,
+    tags: list[str] | None = None,
+    command: str | None = None,
+    weights_size: int | None = None,
+) -> ModelCard:
+    """Render the model card of a pruned checkpoint.
+
+    Args:
+        pruner_config (`PrunerConfig`): the configuration the masks were selected with.
+        masks (`dict[str, torch.Tensor]`): the masks (True = kept), keyed by parameter name.
+        checkpoint_format (`str`, defaults to `"dense"`): `"dense"` or `"compact"`; sets the loading
+            instructions and `library_name` (`transformers`, or `hf_afr` for compact).
+        model_name (`str`, *optional*): title of the card; defaults to the repo name.
+        repo_id (`str`, *optional*): Hub id used in the loading code (default: `model_name`).
+        base_model (`str`, *optional*): Hub id of the model that was pruned.
+        datasets (`str` or `list[str]`, *optional*): Hub ids of the scoring / fine-tuning data.
+        accuracy (`float`, *optional*): top-1 accuracy to report in `model-index`, as measured.
+        eval_dataset (`str`, *optional*): dataset of `accuracy`; defaults to the first of `datasets`.
+        eval_split (`str`, *optional*): split of `accuracy`, e.g. `"test"`.
+        license (`str`, *optional*), language (`str` or `list[str]`, *optional*): card metadata.
+        tags (`list[str]`, *optional*): extra tags, added to hf_afr's.
+        command (`str`, *optional*): the command that produced the checkpoint (shell); defaults to
+            the equivalent Python code. Never put a token in it.
+        weights_size (`int`, *optional*): size in bytes of the weights file, shown in the card.
+
+    Returns:
+        `huggingface_hub.ModelCard`
+    """
+    if checkpoint_format not in ("dense", "compact"):
+        raise ValueError(
+            f"`checkpoint_format` must be 'dense' or 'compact', got {checkpoint_format!r}."
+        )
+    if not masks:
+        raise ValueError("The model card describes a pruned model: prune it (or load masks) first.")
+    from . import __version__
+    from .compact import COMPACT_WEIGHTS_NAME
+
+    datasets = [datasets] if isinstance(datasets, str) else list(datasets or []) or None
+    model_name = model_name or (repo_id.split("/")[-1] if repo_id else "pruned-vit")
+    report = SparsityReport.from_masks(dict(masks))
+    method = pruner_config.method
+    title, description = METHODS.get(method, (method, ""))
+    eval_results = _eval_results(accuracy, eval_dataset or (datasets or [None])[0], eval_split)
+    card_data = ModelCardData(
+        library_name="hf_afr" if checkpoint_format == "compact" else "transformers",
+        pipeline_tag="image-classification",
+        base_model=base_model,
+        datasets=datasets,
+        license=license,
+        language=language,
+        tags=_unique(["hf_afr", "pruning", "sparse", "afr", method, "vision", *(tags or [])]),
+        eval_results=eval_results,
+        # `model-index` needs a name; without evaluation results it is not metadata.
+        model_name=model_name if eval_results else None,
+    )
+    if command is None:
+        command, language_tag = _python_reproduction(pruner_config, base_model, checkpoint_format)
+    else:
+        language_tag = "bash"
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=model_name,
+        load_id=repo_id or model_name,
+        base_model=base_model,
+        sparsity=report.sparsity,
+        method_title=title,
+        method_description=description,
+        hf_afr_version=__version__,
+        checkpoint_format=checkpoint_format,
+        weights_file=COMPACT_WEIGHTS_NAME
+        if checkpoint_format == "compact"
+        else "model.safetensors",
+        weights_size=_human_size(weights_size) if weights_size is not None else "size not recorded",
+        pruner_config_json=json.dumps(pruner_config.to_dict(), indent=2, sort_keys=True),
+        reproduce_command=command,
+        reproduce_language=language_tag,
+        density_plot=DENSITY_PLOT_NAME,
+        sparsity_table=report.to_markdown(),
+        fully_pruned=report.fully_pruned,
+        eval_lines=[
+            f"{r.metric_type}: {r.metric_value} ({r.dataset_name}"
+            + (f", {r.dataset_split} split)" if r.dataset_split else ")")
+            for r in card_data.eval_results or []
+        ],
+    )
+
+
+def merge_model_cards(existing: ModelCard, new: ModelCard) -> ModelCard:
+    """Update `existing` with `new`: metadata merged, hf_afr's section replaced or appended.
+
+    Metadata keys set by `new` win, except that tags are united and evaluation results of other
+    datasets/metrics are kept. Text outside the hf_afr section is kept verbatim.
+    """
+    data = existing.data.to_dict()
+    new_data = new.data.to_dict()
+    for key, value in new_data.items():
+        if key in ("tags", "datasets") and data.get(key):
+            data[key] = _unique([*_as_list(data[key]), *_as_list(value)])
+        elif key != "model-index":
+            data[key] = value
+    merged = ModelCardData(**data, ignore_metadata_errors=True)
+    if new.data.eval_results:
+        keep = [
+            r
+            for r in existing.data.eval_results or []
+            if not any(r.is_equal_except_value(n) for n in new.data.eval_results)
+        ]
+        merged.eval_results = keep + list(new.data.eval_results)
+        merged.model_name = existing.data.model_name or new.data.model_name
+    section = _section(new.text)
+    text = existing.text
+    if CARD_START in text and CARD_END in text.split(CARD_START, 1)[1]:
+        before, rest = text.split(CARD_START, 1)
+        text = before + section + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip() + ("\n\n" if text.strip() else "") + section + "\n"
+    body = text.lstrip("\n")
+    return ModelCard(f"---\n{merged.to_yaml()}\n---\n\n{body}")
+
+
+def save_model_card(
+    card: ModelCard,
+    save_directory: str | os.PathLike,
+    masks: Mapping[str, torch.Tensor],
+    existing: str | os.PathLike | None = None,
+) -> str:
+    """Write README.md (merged into `existing`, or the folder's own README.md) and the density plot.
+
+    Returns:
+        `str`: the path of the README.md written.
+    """
+    save_directory = os.fspath(save_directory)
+    os.makedirs(save_directory, exist_ok=True)
+    path = os.path.join(save_directory, MODEL_CARD_NAME)
+    existing = existing if existing is not None else path
+    if os.path.isfile(existing):
+        card = merge_model_cards(ModelCard.load(existing, ignore_metadata_errors=True), card)
+    plot_density(masks, os.path.join(save_directory, DENSITY_PLOT_NAME))
+    atomic_write_text(path, str(card))
+    return path
+
+
+def plot_density(masks: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Save a PNG bar chart of the density (kept fraction) of every pruned tensor."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    report = SparsityReport.from_masks(dict(masks))
+    names = [t.name.removesuffix(".weight") for t in report.tensors]
+    density = [1.0 - t.sparsity for t in report.tensors]
+    figure = Figure(figsize=(7.0, 1.2 + 0.22 * len(names)), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = range(len(names))
+    axes.barh(positions, density, color=[_module_colour(n) for n in names])
+    axes.axvline(1.0 - report.sparsity, color="black", linestyle="--", linewidth=1)
+    axes.set_yticks(list(positions), names, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlim(0.0, max([*density, 1.0 - report.sparsity]) * 1.1 or 1.0)
+    axes.set_xlabel("density (fraction of weights kept)")
+    axes.set_title(f"Per-layer density, {report.sparsity:.1%} sparse overall (dashed: global)")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def _eval_results(accuracy: float | None, dataset: str | None, split: str | None):
+    if accuracy is None:
+        return None
+    if dataset is None:
+        raise ValueError(
+            "`accuracy` needs `eval_dataset` (or `datasets`) to say what it was measured on."
+        )
+    return [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split=split,
+            metric_type="accuracy",
+            metric_name="Accuracy",
+            metric_value=float(accuracy),
+        )
+    ]
+
+
+def _python_reproduction(config: PrunerConfig, base_model: str | None, fmt: str) -> tuple[str, str]:
+    options = ", ".join(f"{k}={v!r}" for k, v in sorted(config.to_dict().items()))
+    return (
+        "from hf_afr import AFRPruner, PrunerConfig\n\n"
+        f"config = PrunerConfig({options})\n"
+        f"pruner = AFRPruner.from_pretrained({base_model or '<base model>'!r}, config)\n"
+        f"{_SCRIPT_HINT}\n"
+        "pruner.prune(train_batches)\n"
+        f"pruner.save_pretrained('pruned-vit', checkpoint_format={fmt!r})",
+        "python",
+    )
+
+
+def _section(text: str) -> str:
+    start, end = text.find(CARD_START), text.find(CARD_END)
+    return text[start : end + len(CARD_END)]
+
+
+def _module_colour(name: str) -> str:
+    for key, colour in (
+        ("q_proj", "#4c72b0"),
+        ("k_proj", "#55a868"),
+        ("v_proj", "#c44e52"),
+        ("o_proj", "#8172b2"),
+        ("fc1", "#ccb974"),
+        ("fc2", "#64b5cd"),
+    ):
+        if key in name:
+            return colour
+    return "#7f7f7f"
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _unique(items: list) -> list:
+    return list(dict.fromkeys(i for i in items if i is not None))

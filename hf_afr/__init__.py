@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from . import integration  # noqa: F401  (lets transformers load compact checkpoints)
 from .config import PrunerConfig
 from .criteria import available_criteria, get_criterion, register_criterion
 from .masks import apply_masks, select_masks

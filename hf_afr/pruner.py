@@ -12,7 +12,6 @@ from torch import nn
 from transformers import AutoConfig, ViTForImageClassification
 from transformers.utils import logging
 
-from . import integration  # noqa: F401  (registers the compact-checkpoint loader)
 from .compact import (
     CHECKPOINT_FORMATS,
     COMPACT_WEIGHTS_NAME,

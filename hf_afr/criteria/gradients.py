@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_reduce_gradient_sums
+
 OBJECTIVES = ("loss", "refer")
 
 
@@ -182,6 +184,8 @@ def accumulate_gradients(
                     for name, grad in zip(names, grads):
                         sums[k][name].add_(grad)
             num_batches += 1
+    # Several processes: each scored its shard of the batches; sum so all ranks agree.
+    num_batches = all_reduce_gradient_sums(sums, num_batches)
     if num_batches == 0:
         raise ValueError(
             "No scoring batches were given: pass an iterable (e.g. a DataLoader) that yields at "

@@ -1,0 +1,136 @@
+"""Multi-process helpers: unwrap models, refuse sharded parameters, agree on scores and masks.
+
+Scoring in several processes gives the masks of one process on the same data: every rank
+scores its own shard of the scoring batches (`shard_batches`) and the gradient sums are
+all-reduced (`all_reduce_gradient_sums`, called by the criteria) before any mask is selected.
+The SNIP/ReFer/AFR objectives are sums of per-batch objectives, so splitting the *list of
+batches* across ranks is exact; splitting one batch across ranks would not be for ReFer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+T = TypeVar("T")
+
+_FSDP_CLASSES = ("FullyShardedDataParallel", "FSDPModule")
+
+_SHARDED_HINT = (
+    "hf_afr keeps one boolean mask per full weight tensor, so it does not support sharded "
+    "parameters yet (FSDP, DeepSpeed ZeRO-3). Use DDP (`torchrun` / `accelerate launch` "
+    "without an FSDP or ZeRO-3 config) or DeepSpeed ZeRO-1/2 instead."
+)
+
+
+def is_distributed() -> bool:
+    """Whether `torch.distributed` is initialized with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """`(rank, world_size)`, `(0, 1)` outside a process group."""
+    if not is_distributed():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP / DataParallel / DeepSpeed engine / `torch.compile` wrappers (never changes them)."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        elif _is_wrapper(model):
+            model = model.module
+        else:
+            return model
+
+
+def _is_wrapper(model: nn.Module) -> bool:
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return isinstance(model, wrappers) or type(model).__name__ == "DeepSpeedEngine"
+
+
+def check_supported_model(model: nn.Module) -> None:
+    """Raise a `ValueError` if the model's parameters are sharded (FSDP, FSDP2, ZeRO-3)."""
+    for module in model.modules():
+        if any(cls.__name__ in _FSDP_CLASSES for cls in type(module).__mro__):
+            raise ValueError(f"The model is wrapped in FSDP. {_SHARDED_HINT}")
+    for name, p in model.named_parameters():
+        if type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor":
+            raise ValueError(f"Parameter {name!r} is a sharded DTensor. {_SHARDED_HINT}")
+        if hasattr(p, "ds_id"):
+            raise ValueError(
+                f"Parameter {name!r} is partitioned by DeepSpeed ZeRO-3. {_SHARDED_HINT}"
+            )
+
+
+def check_supported_training_args(args: Any) -> None:
+    """Refuse FSDP / DeepSpeed ZeRO-3 set in `TrainingArguments` or by `accelerate launch`."""
+    if getattr(args, "fsdp", None) or _env_flag("ACCELERATE_USE_FSDP"):
+        raise ValueError(f"FSDP is enabled. {_SHARDED_HINT}")
+    stage = _deepspeed_zero_stage(getattr(args, "deepspeed", None))
+    if stage is None and _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0") or 0)
+    if stage == 3:
+        raise ValueError(f"DeepSpeed ZeRO stage 3 is enabled. {_SHARDED_HINT}")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _deepspeed_zero_stage(config: dict | str | None) -> int | None:
+    if not config:
+        return None
+    if isinstance(config, str):
+        with open(config, encoding="utf-8") as f:
+            config = json.load(f)
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    return int(stage) if str(stage).isdigit() else None
+
+
+def shard_batches(batches: Sequence[T]) -> list[T]:
+    """This rank's share of a list of scoring batches: entries `rank, rank + world, ...`."""
+    rank, world_size = rank_and_world_size()
+    return list(batches[rank::world_size])
+
+
+@torch.no_grad()
+def all_reduce_gradient_sums(sums: Sequence[dict[str, torch.Tensor]], num_batches: int) -> int:
+    """Sum gradient sums (in place) and batch counts over all processes.
+
+    A no-op outside a process group of several processes. Every rank must call it (it is
+    collective): the result is identical on all ranks, so all of them select the same masks.
+
+    Returns:
+        `int`: the number of batches scored by all processes together.
+    """
+    if not is_distributed():
+        return num_batches
+    device = next((t.device for s in sums for t in s.values()), torch.device("cpu"))
+    for per_objective in sums:
+        for name in sorted(per_objective):  # the same order on every rank
+            dist.all_reduce(per_objective[name], op=dist.ReduceOp.SUM)
+    count = torch.tensor([num_batches], dtype=torch.long, device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.SUM)
+    return int(count.item())
+
+
+@torch.no_grad()
+def broadcast_masks(masks: dict[str, torch.Tensor], src: int = 0) -> dict[str, torch.Tensor]:
+    """Rank `src`'s masks on every rank (a no-op in a single process)."""
+    if not is_distributed():
+        return masks
+    synced = {}
+    for name in sorted(masks):
+        buffer = masks[name].to(torch.uint8).contiguous()
+        dist.broadcast(buffer, src=src)
+        synced[name] = buffer.bool()
+    return {name: synced[name] for name in masks}

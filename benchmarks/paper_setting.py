@@ -37,7 +37,7 @@ METHODS = ("snip", "refer", "afr")
 # The paper gives no fine-tuning recipe; these defaults are ours (override on the command line).
 DEFAULT_TRAINING_ARGS = (
     "--num_train_epochs 10 --learning_rate 1e-4 --per_device_train_batch_size 64 "
-    "--per_device_eval_batch_size 128 --weight_decay 0.05 --warmup_ratio 0.1 "
+    "--per_device_eval_batch_size 128 --weight_decay 0.05 --warmup_steps 0.1 "
     "--lr_scheduler_type cosine --bf16 --dataloader_num_workers 8 --num_batches 4"
 )
 DRY_RUN_TRAINING_ARGS = (
@@ -102,7 +102,6 @@ def finetune_args(run: Run, args, datasets, models, stand_ins) -> list[str]:
         "no",
         "--report_to",
         "none",
-        "--overwrite_output_dir",
     ]
     if stand_ins:
         argv += [
@@ -125,7 +124,12 @@ def finetune_args(run: Run, args, datasets, models, stand_ins) -> list[str]:
         row["label_column"],
     ]
     if row["eval_split"]:
-        argv += ["--train_split", row["train_split"], "--validation_split", row["eval_split"]]
+        argv += [
+            "--train_split_name",
+            row["train_split"],
+            "--validation_split_name",
+            row["eval_split"],
+        ]
     return argv + shlex.split(args.training_args) + shlex.split(args.extra_args)
 
 
@@ -222,7 +226,7 @@ def tabulate(runs: list[Run], output_dir: Path, datasets) -> tuple[str, dict]:
         {(r.dataset, r.sparsity) for r in runs if datasets[r.dataset]["group"] != "general"}
     )
     models = sorted({r.model for r in runs if datasets[r.dataset]["group"] != "general"})
-    methods = sorted({r.method for r in runs})
+    methods = [m for m in (*METHODS, "magnitude", "random") if m in {r.method for r in runs}]
     if fine:
         header = [f"{m} {model}" for model in models for m in methods]
         lines += [

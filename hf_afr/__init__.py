@@ -5,6 +5,7 @@ from pathlib import Path
 from . import integration  # noqa: F401  (lets transformers load compact checkpoints)
 from .config import PrunerConfig
 from .criteria import available_criteria, get_criterion, register_criterion
+from .enforcement import MaskEnforcer, PruningMaskCallback, SparsityViolationError, enforce_masks
 from .masks import apply_masks, select_masks
 from .pruner import AFRPruner
 from .report import SparsityReport
@@ -18,11 +19,15 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "tiny-vit-glyph
 __all__ = [
     "AFRPruner",
     "DEFAULT_MODEL",
+    "MaskEnforcer",
     "PrunerConfig",
+    "PruningMaskCallback",
     "SparsityReport",
+    "SparsityViolationError",
     "__version__",
     "apply_masks",
     "available_criteria",
+    "enforce_masks",
     "find_prunable_parameters",
     "get_criterion",
     "register_criterion",

@@ -92,8 +92,9 @@ class DataTrainingArguments:
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "A dataset on the Hub (or a local folder `datasets` can load, including one "
-            "written by `save_to_disk`)."
+            "help": "A dataset on the Hub, a local folder `datasets` can load (including one "
+            "written by `save_to_disk`), or an embedded offline dataset: 'hf_afr:digits' "
+            "(real handwritten digits) or 'hf_afr:cyrillic' (glyphs)."
         },
     )
     dataset_config_name: str | None = field(
@@ -112,6 +113,16 @@ class DataTrainingArguments:
     )
     label_column_name: str = field(
         default="label", metadata={"help": "The dataset column holding the class labels."}
+    )
+    train_split_name: str = field(
+        default="train", metadata={"help": "The dataset split to score and fine-tune on."}
+    )
+    validation_split_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The split to evaluate on (e.g. 'test'). Default: 'validation' if the dataset "
+            "has one, else `train_val_split` of the training split is held out."
+        },
     )
     train_val_split: float = field(
         default=0.15,
@@ -160,6 +171,8 @@ def load_image_dataset(
     """Load the Hub/local dataset or the `imagefolder`s named by `data_args`."""
     if data_args.dataset_name is not None:
         name = data_args.dataset_name
+        if name.startswith(EMBEDDED_PREFIX):
+            return load_embedded_dataset(name)
         if os.path.isfile(os.path.join(name, "dataset_dict.json")):
             return load_from_disk(name)
         return _load(name, data_args.dataset_config_name, cache_dir=cache_dir, token=token)
@@ -169,6 +182,31 @@ def load_image_dataset(
             _check_image_folder(folder, split)
             data_files[split] = os.path.join(folder, "**")
     return _load("imagefolder", data_files=data_files, cache_dir=cache_dir)
+
+
+EMBEDDED_PREFIX = "hf_afr:"
+EMBEDDED_DATASETS = ("digits", "cyrillic")
+
+
+def load_embedded_dataset(name: str) -> DatasetDict:
+    """The offline datasets that ship with hf_afr: `hf_afr:digits` and `hf_afr:cyrillic`.
+
+    `digits`: scikit-learn's real handwritten digits (upsampled to 32 px), stratified 80/20
+    train/validation split. `cyrillic`: Cyrillic glyphs (absent from the default model's
+    pretraining), training fonts for train, held-out fonts for validation.
+    """
+    from .data.glyphs import digits_dataset, glyph_dataset
+
+    key = name[len(EMBEDDED_PREFIX) :]
+    if key == "digits":
+        return DatasetDict(train=digits_dataset("train"), validation=digits_dataset("test"))
+    if key == "cyrillic":
+        return DatasetDict(
+            train=glyph_dataset("cyrillic", "train", samples_per_class=40, seed=1),
+            validation=glyph_dataset("cyrillic", "test", samples_per_class=20, seed=2),
+        )
+    choices = ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_DATASETS)
+    raise ValueError(f"Unknown embedded dataset {name!r}; choose one of: {choices}.")
 
 
 def _load(path: str, *args: Any, **kwargs: Any) -> DatasetDict:
@@ -223,15 +261,18 @@ def prepare_splits(
     dataset: DatasetDict, data_args: DataTrainingArguments, seed: int, need_validation: bool
 ) -> DatasetDict:
     """Validate the splits, split off validation if needed and truncate; all seeded."""
-    if "train" not in dataset:
-        raise ValueError(f"The dataset has no 'train' split (splits: {list(dataset)}).")
+    train_name, eval_name = data_args.train_split_name, data_args.validation_split_name
+    for name in (train_name, eval_name):
+        if name is not None and name not in dataset:
+            raise ValueError(f"The dataset has no {name!r} split (splits: {list(dataset)}).")
     image_column, label_column = data_args.image_column_name, data_args.label_column_name
-    validate_split(dataset["train"], "train", image_column, label_column)
-    splits = {"train": dataset["train"]}
-    if "validation" in dataset:
-        splits["validation"] = dataset["validation"]
+    validate_split(dataset[train_name], "train", image_column, label_column)
+    splits = {"train": dataset[train_name]}
+    eval_name = eval_name or ("validation" if "validation" in dataset else None)
+    if eval_name is not None:
+        splits["validation"] = dataset[eval_name]
     elif need_validation:
-        splits.update(_split_off_validation(dataset["train"], data_args.train_val_split, seed))
+        splits.update(_split_off_validation(dataset[train_name], data_args.train_val_split, seed))
     if data_args.max_train_samples is not None:
         splits["train"] = _truncate(splits["train"], data_args.max_train_samples, seed)
     if "validation" in splits:
@@ -412,11 +453,13 @@ def card_kwargs(
             continue
         kept.append(arg)
     kwargs: dict[str, Any] = {"command": shlex.join(["python", f"scripts/{script}", *kept])}
-    hub_dataset = data_args.dataset_name and not os.path.isdir(data_args.dataset_name)
+    name = data_args.dataset_name
+    embedded = name is not None and name.startswith(EMBEDDED_PREFIX)
+    hub_dataset = name and not embedded and not os.path.isdir(name)
     if hub_dataset:
-        kwargs["datasets"] = data_args.dataset_name
+        kwargs["datasets"] = name
     if accuracy is not None:
-        eval_dataset = data_args.dataset_name if hub_dataset else "imagefolder"
+        eval_dataset = name if hub_dataset or embedded else "imagefolder"
         kwargs.update(accuracy=accuracy, eval_dataset=eval_dataset, eval_split="validation")
     return kwargs
 

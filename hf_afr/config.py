@@ -96,6 +96,15 @@ class PrunerConfig:
             "The scores are exactly those of the whole batch (ReFer included)."
         },
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute each encoder layer's activations during the scoring backward "
+            "instead of storing them: less memory, one more layer forward per backward pass. "
+            "The scores are unchanged (no dropout is enabled); the model's own checkpointing "
+            "settings are left as they are."
+        },
+    )
     min_density: float = field(
         default=0.0,
         metadata={

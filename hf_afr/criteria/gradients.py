@@ -12,17 +12,38 @@ N x D matrix (it is not additive over samples), so the scores depend on the batc
 Micro-batching (`config.micro_batch_size`) splits a batch without changing that objective:
 the features of the whole batch are computed first, `dR/dF` is taken on the full matrix,
 and each micro-batch is then back-propagated with its rows of `dR/dF` (exact).
+
+How the computation is organised (it changes no definition above):
+
+1. One forward pass per (micro-)batch serves every objective; each objective then gets its
+   own backward pass (`retain_graph` for all but the last). AFR thus costs one forward and
+   two backward passes, against one and one for SNIP.
+2. Gradients never come back as a tuple: a post-accumulate-grad hook on every scored
+   parameter moves each gradient into its objective's float32 sum as soon as autograd has
+   computed it (the first gradient of a float32 model is taken over without a copy, later
+   ones are added in place), so at most one extra gradient tensor is alive at a time and no
+   zero-filled buffers are allocated. Any `.grad` the parameters had is restored afterwards.
+3. With `config.gradient_checkpointing`, every encoder layer runs under non-reentrant
+   activation checkpointing (see `checkpointed_layers`), without switching the model to
+   training mode, so dropout stays off and the scores are unchanged.
+
+The stages are labelled for `torch.profiler` (`hf_afr::forward`, `hf_afr::objectives`,
+`hf_afr::backward[loss]`, `hf_afr::backward[refer]`, `hf_afr::accumulate`,
+`hf_afr::feature_grads`); `benchmarks/perf.py` reports where the time goes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
+from torch.utils.checkpoint import checkpoint
 
 from ..distributed import all_reduce_gradient_sums
 
@@ -30,22 +51,76 @@ OBJECTIVES = ("loss", "refer")
 
 
 @contextlib.contextmanager
-def scoring_mode(model: nn.Module, params: dict[str, nn.Parameter]) -> Iterator[None]:
-    """Eval mode, gradients only for `params`; restores modes and `requires_grad` afterwards."""
+def scoring_mode(
+    model: nn.Module, params: dict[str, nn.Parameter], gradient_checkpointing: bool = False
+) -> Iterator[None]:
+    """Eval mode, gradients only for `params`; restores modes, `requires_grad` and `.grad`.
+
+    Args:
+        model (`nn.Module`): the model to score.
+        params (`dict[str, nn.Parameter]`): the parameters that get gradients.
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`): run the encoder
+            layers under activation checkpointing (see `checkpointed_layers`).
+    """
     modes = {module: module.training for module in model.modules()}
     requires_grad = {p: p.requires_grad for p in model.parameters()}
+    stashed_grads = {p: p.grad for p in params.values()}
     try:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         for p in params.values():
             p.requires_grad_(True)
-        yield
+            p.grad = None
+        with checkpointed_layers(model) if gradient_checkpointing else contextlib.nullcontext():
+            yield
     finally:
         for module, mode in modes.items():
             module.training = mode
         for p, flag in requires_grad.items():
             p.requires_grad_(flag)
+        for p, grad in stashed_grads.items():
+            p.grad = grad
+
+
+@contextlib.contextmanager
+def checkpointed_layers(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Activation checkpointing of every transformers `GradientCheckpointingLayer`, in eval mode.
+
+    transformers only checkpoints a layer whose `.training` is True, which would also turn on
+    dropout. Here each layer's `forward` is wrapped (on the instance) in non-reentrant
+    `torch.utils.checkpoint.checkpoint` instead; modes and the model's own checkpointing
+    settings are not touched, and the original `forward` is restored on exit.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(
+            f"`gradient_checkpointing=True` but {type(model).__name__} has no transformers "
+            "GradientCheckpointingLayer to checkpoint; set `gradient_checkpointing=False`."
+        )
+    previous = {layer: layer.__dict__.get("forward") for layer in layers}
+    try:
+        for layer in layers:
+            layer.forward = _checkpointed(layer.forward)
+        yield layers
+    finally:
+        for layer, forward in previous.items():
+            if forward is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = forward
+
+
+def _checkpointed(forward: Callable) -> Callable:
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():  # nothing to save: a plain forward
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
 
 
 def prepare_batch(batch: Any, model: nn.Module, needs_labels: bool) -> dict[str, torch.Tensor]:
@@ -128,7 +203,17 @@ def _refer_feature_grads(model, micro_batches, config) -> list[torch.Tensor]:
 
 def _batch_objectives(model, micro_batch, objectives, config, n_total, feature_grads, offset):
     """The objectives of one micro-batch, scaled so that micro-batches add up to the batch's."""
-    outputs, values = _forward(model, micro_batch, objectives)
+    with record_function("hf_afr::forward"):
+        outputs, values = _forward(model, micro_batch, objectives)
+    with record_function("hf_afr::objectives"):
+        return _objective_values(
+            outputs, values, micro_batch, objectives, config, n_total, feature_grads, offset
+        )
+
+
+def _objective_values(
+    outputs, values, micro_batch, objectives, config, n_total, feature_grads, offset
+):
     n = micro_batch["pixel_values"].shape[0]
     if "loss" in values:
         values["loss"] = values["loss"] * (n / n_total)
@@ -141,6 +226,52 @@ def _batch_objectives(model, micro_batch, objectives, config, n_total, feature_g
                 (f * g[offset : offset + n]).sum() for f, g in zip(features, feature_grads)
             )
     return [values[name] for name in objectives]
+
+
+class _GradientSums:
+    """Float32 sums of each objective's gradients, filled by post-accumulate-grad hooks."""
+
+    def __init__(self, params: dict[str, nn.Parameter], num_objectives: int):
+        self.params = params
+        self.sums: list[dict[str, torch.Tensor]] = [{} for _ in range(num_objectives)]
+        self.objective = 0
+        names = {p: name for name, p in params.items()}
+        self.handles = [
+            p.register_post_accumulate_grad_hook(functools.partial(self._take, name))
+            for p, name in names.items()
+        ]
+
+    @torch.no_grad()
+    def _take(self, name: str, param: torch.Tensor) -> None:
+        grad, param.grad = param.grad, None
+        sums = self.sums[self.objective]
+        with record_function("hf_afr::accumulate"):
+            if name in sums:
+                sums[name].add_(grad)
+            elif grad.dtype == torch.float32 and grad._base is None and grad.is_contiguous():
+                sums[name] = grad  # autograd's fresh buffer: take it over, no copy
+            else:
+                sums[name] = grad.to(
+                    torch.float32, memory_format=torch.contiguous_format, copy=True
+                )
+
+    def backward(self, objective: int, value: torch.Tensor, retain_graph: bool) -> None:
+        self.objective = objective
+        torch.autograd.backward(value, inputs=list(self.params.values()), retain_graph=retain_graph)
+
+    def remove_hooks(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def result(self) -> list[dict[str, torch.Tensor]]:
+        """The sums in parameter order; a parameter an objective does not reach gets zeros."""
+        return [
+            {
+                name: sums[name] if name in sums else torch.zeros_like(p, dtype=torch.float32)
+                for name, p in self.params.items()
+            }
+            for sums in self.sums
+        ]
 
 
 def accumulate_gradients(
@@ -157,33 +288,18 @@ def accumulate_gradients(
     unknown = set(objectives) - set(OBJECTIVES)
     if unknown:
         raise ValueError(f"Unknown objectives {sorted(unknown)}; allowed: {OBJECTIVES}.")
-    names = list(params)
-    inputs = [params[name] for name in names]
-    sums = [
-        {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
-        for _ in objectives
-    ]
     num_batches = 0
-    with scoring_mode(model, params):
-        for raw_batch in batches:
-            batch = prepare_batch(raw_batch, model, needs_labels="loss" in objectives)
-            micro_batches = _micro_batches(batch, config.micro_batch_size)
-            feature_grads = (
-                _refer_feature_grads(model, micro_batches, config)
-                if "refer" in objectives and len(micro_batches) > 1
-                else None
-            )
-            n_total, offset = batch["pixel_values"].shape[0], 0
-            for mb in micro_batches:
-                values = _batch_objectives(
-                    model, mb, objectives, config, n_total, feature_grads, offset
-                )
-                offset += mb["pixel_values"].shape[0]
-                for k, value in enumerate(values):
-                    grads = torch.autograd.grad(value, inputs, retain_graph=k + 1 < len(values))
-                    for name, grad in zip(names, grads):
-                        sums[k][name].add_(grad)
-            num_batches += 1
+    checkpointing = bool(getattr(config, "gradient_checkpointing", False))
+    with scoring_mode(model, params, gradient_checkpointing=checkpointing):
+        accumulator = _GradientSums(params, len(objectives))
+        try:
+            for raw_batch in batches:
+                batch = prepare_batch(raw_batch, model, needs_labels="loss" in objectives)
+                _accumulate_batch(model, batch, objectives, config, accumulator)
+                num_batches += 1
+        finally:
+            accumulator.remove_hooks()
+    sums = accumulator.result()
     # Several processes: each scored its shard of the batches; sum so all ranks agree.
     num_batches = all_reduce_gradient_sums(sums, num_batches)
     if num_batches == 0:
@@ -192,6 +308,21 @@ def accumulate_gradients(
             "least one dict with 'pixel_values' (and 'labels')."
         )
     return sums
+
+
+def _accumulate_batch(model, batch, objectives, config, accumulator: _GradientSums) -> None:
+    micro_batches = _micro_batches(batch, config.micro_batch_size)
+    feature_grads = None
+    if "refer" in objectives and len(micro_batches) > 1:
+        with record_function("hf_afr::feature_grads"):
+            feature_grads = _refer_feature_grads(model, micro_batches, config)
+    n_total, offset = batch["pixel_values"].shape[0], 0
+    for mb in micro_batches:
+        values = _batch_objectives(model, mb, objectives, config, n_total, feature_grads, offset)
+        offset += mb["pixel_values"].shape[0]
+        for k, (name, value) in enumerate(zip(objectives, values)):
+            with record_function(f"hf_afr::backward[{name}]"):
+                accumulator.backward(k, value, retain_graph=k + 1 < len(values))
 
 
 def connection_sensitivity(

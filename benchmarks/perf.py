@@ -1279,9 +1279,15 @@ def run(settings: Settings, rt: Runtime, command: str = "", log=print) -> tuple[
         title, bench, to_markdown = SECTIONS[key]
         t0 = time.perf_counter()
         log(f"[perf] {title} ...", file=sys.stderr, flush=True)
+        load_start = load_average()
         results[key] = bench(settings, rt)
         results[key]["wall_s"] = time.perf_counter() - t0
-        parts.append(f"## {title}\n\n{to_markdown(results[key])}")
+        results[key]["load_average"] = [load_start, load_average()]
+        parts.append(
+            f"## {title}\n\n{to_markdown(results[key])}\n_Section wall time "
+            f"{results[key]['wall_s']:.0f} s; load average (1/5/15 min) {load_start} at its start, "
+            f"{results[key]['load_average'][1]} at its end._\n"
+        )
         log(parts[-1], flush=True)
     env = results["environment"]
     env["load_average_end"] = load_average()

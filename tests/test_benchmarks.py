@@ -23,17 +23,46 @@ def load(name):
 def test_paper_setting_dry_run_fills_the_paper_tables(tmp_path):
     paper = load("paper_setting")
     out = tmp_path / "runs"
-    table = paper.main(["--output_dir", str(out), "--dry_run", "--launcher", "inprocess",
-                        "--datasets", "cifar100", "oxford-pets", "--sparsities", "0.95",
-                        "--methods", "snip", "afr"])
+    table = paper.main(
+        [
+            "--output_dir",
+            str(out),
+            "--dry_run",
+            "--launcher",
+            "inprocess",
+            "--datasets",
+            "cifar100",
+            "oxford-pets",
+            "--sparsities",
+            "0.95",
+            "--methods",
+            "snip",
+            "afr",
+        ]
+    )
     assert "| supervised | cifar100 | afr |" in table and "/ 72.90" in table
     assert "| oxford-pets | 95% |" in table
     raw = json.loads((out / "paper_results.json").read_text())
     assert len(raw) == 2 + 4  # cifar100 x 2 methods (supervised), pets x 2 methods x 2 models
     assert all(0.0 <= acc[0] <= 1.0 for acc in raw.values())
     # Finished runs are skipped: a second call only collects.
-    assert paper.main(["--output_dir", str(out), "--collect_only", "--datasets", "cifar100",
-                       "--sparsities", "0.95", "--methods", "snip", "afr"]).count("—") == 0
+    assert (
+        paper.main(
+            [
+                "--output_dir",
+                str(out),
+                "--collect_only",
+                "--datasets",
+                "cifar100",
+                "--sparsities",
+                "0.95",
+                "--methods",
+                "snip",
+                "afr",
+            ]
+        ).count("—")
+        == 0
+    )
 
 
 def test_paper_setting_builds_the_real_commands():
@@ -56,10 +85,28 @@ def test_replication_benchmark_runs_on_a_toy_size(tmp_path):
     tiny_vit(num_labels=3).save_pretrained(model_dir)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
     out = tmp_path / "results"
-    results = replicate.main(["--tasks", "digits", "--seeds", "0", "--sparsities", "0.9",
-                              "--methods", "dense", "snip", "afr", "--epochs", "1",
-                              "--workers", "1", "--model", str(model_dir),
-                              "--output_dir", str(out)])
+    results = replicate.main(
+        [
+            "--tasks",
+            "digits",
+            "--seeds",
+            "0",
+            "--sparsities",
+            "0.9",
+            "--methods",
+            "dense",
+            "snip",
+            "afr",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+            "--model",
+            str(model_dir),
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert {r["method"] for r in results} == {"dense", "snip", "afr"}
     assert len(results) == 1 + 2 + 1  # dense, snip, afr (cls), afr (token-mean ablation)
     for r in results:

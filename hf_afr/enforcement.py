@@ -11,20 +11,22 @@ How the masks survive training:
    network), fp16/bf16 autocast and `torch.compile` all see the masked gradient, so momentum,
    Adam moments and factored statistics never accumulate anything at pruned positions.
 2. **After every optimizer step** (a `register_step_post_hook` on the optimizer): the pruned
-   weights and every optimizer-state tensor of the weight's shape (AdamW `exp_avg` /
-   `exp_avg_sq`, SGD `momentum_buffer`, ...) are multiplied in place by the 0/1 mask. This also
-   cleans state restored from elsewhere and any update that does not depend on the gradient.
+   weights are multiplied in place by the 0/1 mask, which undoes any update that does not
+   depend on the gradient. The optimizer state needs no per-step work: with masked gradients,
+   the state of an elementwise optimizer (AdamW `exp_avg` / `exp_avg_sq`, SGD
+   `momentum_buffer`, ...) never accumulates anything at pruned positions. State restored from
+   elsewhere is zeroed when the enforcer is applied (`apply(optimizer)`, done at train begin).
 3. **Verification**: `verify` raises `SparsityViolationError` if a pruned weight (or its
    optimizer state) is not exactly zero. The callback verifies at every checkpoint save and
    at the end of training, and writes the masks (and pruner config) into every checkpoint
    folder, so `resume_from_checkpoint` restores the exact masks.
 
-Cost: per backward one multiplication of each masked gradient, per optimizer step one
-in-place multiplication of each masked weight and of its same-shaped state tensors. The
-`(parameter, keep mask)` pairs are built once, with uint8 masks (1 byte per weight; an in-place
-`mul_` by them is several times faster than `masked_fill_` on CPU and as cheap on GPU). The
-multiplication leaves a NaN/inf at a pruned position NaN; that only arises from a diverged step
-and `verify` reports it.
+Cost: per backward one in-place multiplication of each masked gradient (the weight gradient
+of an `nn.Linear` is a fresh buffer that only its parameter receives), per optimizer step one
+in-place multiplication of each masked weight. The `(parameter, keep mask)` pairs are built once,
+with uint8 masks (1 byte per weight; an in-place `mul_` by them is several times faster than
+`masked_fill_` on CPU and as cheap on GPU). The multiplication leaves a NaN/inf at a pruned
+position NaN; that only arises from a diverged step and `verify` reports it.
 """
 
 from __future__ import annotations
@@ -136,8 +138,10 @@ class MaskEnforcer:
             handle.remove()
         self._hooks, self._optimizer = [], None
 
+    @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-        self.apply(optimizer)
+        for _, p, keep in self._keep:
+            p.mul_(keep)
 
     @torch.no_grad()
     def violations(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
@@ -162,14 +166,17 @@ class MaskEnforcer:
             raise SparsityViolationError(
                 f"The pruning masks are violated: nonzero values at pruned positions in "
                 f"{len(found)} tensors ({details}). Something changed the weights outside the "
-                "optimizer step (e.g. loading a dense checkpoint) or the masks do not belong to "
-                "this model."
+                "optimizer step (e.g. loading a dense checkpoint), the masks do not belong to "
+                "this model, or the optimizer builds state at pruned positions without a gradient "
+                "(`apply(optimizer)` zeroes it)."
             )
 
 
 def _gradient_mask_hook(keep: torch.Tensor):
     def hook(grad: torch.Tensor) -> torch.Tensor:
-        return grad * keep
+        if grad.requires_grad or not grad.is_contiguous():  # double backward, or a shared view
+            return grad * keep
+        return grad.mul_(keep)  # a fresh weight gradient: in place, no allocation
 
     return hook
 

@@ -277,8 +277,15 @@ def parse_args(argv=None):
         "--training_args", default=DEFAULT_TRAINING_ARGS, help="TrainingArguments for every run"
     )
     p.add_argument("--extra_args", default="", help="appended to every finetune.py call")
-    p.add_argument("--dry_run", action="store_true", help="tiny offline stand-ins, 2 steps per run")
-    p.add_argument("--collect_only", action="store_true", help="only tabulate finished runs")
+    p.add_argument(
+        "--dry_run",
+        "--dry-run",
+        action="store_true",
+        help="tiny offline stand-ins, 2 steps per run",
+    )
+    p.add_argument(
+        "--collect_only", "--collect-only", action="store_true", help="only tabulate finished runs"
+    )
     return p.parse_args(argv)
 
 

@@ -9,7 +9,7 @@ Sections (each prints one markdown table):
 
 1. Scoring time: ReFer/SNIP and AFR/SNIP on the same batches (targets 1.10 and 1.70; the
    stretch goal is AFR/SNIP < 1.5), plus AFR through one batched backward
-   (`is_grads_batched`) for comparison.
+   (`is_grads_batched`) and SNIP + ReFer run separately, for comparison.
 2. Where the time goes: a `torch.profiler` breakdown of each criterion into forward,
    objectives (loss, SVD), each backward pass, SVD backward, gradient accumulation and
    the rest, and the floor (F + 2B) / (F + B) that it implies for AFR/SNIP.
@@ -151,7 +151,6 @@ ALL_MEMORY_MODES = [
     "afr, micro-batch",
     "afr, checkpointing",
     "afr, micro-batch + checkpointing",
-    "afr, in-place z-scores",
     "afr gradients",
     "afr gradients, micro-batch + checkpointing",
 ]
@@ -219,14 +218,7 @@ GPU = Settings(
     profile=("ViT-B/16", 64),
     memory_shape="ViT-B/16",
     memory_batches=[64, 128, 256],
-    memory_modes=[
-        "train step",
-        "snip",
-        "refer",
-        "afr",
-        "afr, checkpointing",
-        "afr, in-place z-scores",
-    ],
+    memory_modes=["train step", "snip", "refer", "afr", "afr, checkpointing"],
     memory_subprocess=False,
     upkeep=[("ViT-B/16", 64, 15, 2)],
     scaling_shape="ViT-B/16",
@@ -322,7 +314,8 @@ def scorer(model, batches, method: str, **config_kwargs) -> Callable[[], Any]:
 def afr_batched_vjp(model, batches) -> Callable[[], Any]:
     """AFR with both gradients from one batched backward (`is_grads_batched=True`).
 
-    Kept here only to compare with the library's engine (one backward per objective).
+    Kept here only to compare with the library's engine (one backward per objective); the
+    |g*w| and z-score stage is the library's, so only the backward passes differ.
     """
     config = PrunerConfig(method="afr", num_batches=len(batches))
     params = find_prunable_parameters(model, config)
@@ -350,70 +343,30 @@ def afr_batched_vjp(model, batches) -> Callable[[], Any]:
                         prev = sums[k][name]
                         sums[k][name] = g[k].float() if prev is None else prev.add_(g[k])
         scores = [standardize(gradients.connection_sensitivity(s, params)) for s in sums]
-        return {name: scores[0][name] + scores[1][name] for name in names}
+        return {name: scores[0][name].add_(scores[1][name]) for name in names}
 
     return run
 
 
-def standardize_in_place(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`afr.standardize` without its float64 copies: float32 in place, float64 sums (a
-    two-pass mean and variance; only one tensor-sized float32 temporary at a time)."""
-    n = sum(s.numel() for s in scores.values())
-    mean = sum(torch.sum(s, dtype=torch.float64) for s in scores.values()) / n
-    var = sum(torch.sum((s - mean).square_(), dtype=torch.float64) for s in scores.values()) / n
-    std = var.sqrt()
-    if not torch.isfinite(std) or std == 0:
-        raise ValueError(f"Cannot standardise scores with std={std.item()}.")
-    for s in scores.values():
-        s.sub_(mean).div_(std)
-    return scores
-
-
-def afr_in_place_z_scores(model, batches) -> Callable[[], Any]:
-    """AFR with the library's gradients and `standardize_in_place`: the z-score stage of
-    `hf_afr/criteria/afr.py` without its float64 copies, proposed as a change to that file."""
+def z_score_seconds(model, batches, rt: Runtime, repeats: int = 2) -> float:
+    """Time of AFR's z-score stage alone (`standardize` of both scores and their sum, as in
+    `afr_scores`), in the state a real scoring call leaves: right after the gradients of
+    `batches` (allocator state included). Best of `repeats`."""
     config = PrunerConfig(method="afr", num_batches=len(batches))
     params = find_prunable_parameters(model, config)
-
-    def run():
-        loss_grads, refer_grads = gradients.accumulate_gradients(
-            model, batches, params, config, ("loss", "refer")
-        )
-        snip = standardize_in_place(gradients.connection_sensitivity(loss_grads, params))
-        refer = standardize_in_place(gradients.connection_sensitivity(refer_grads, params))
-        return {name: snip[name].add_(refer[name]) for name in params}
-
-    return run
-
-
-def z_score_seconds(model, batches, rt: Runtime, repeats: int = 2) -> dict[str, float]:
-    """Time of AFR's z-score stage alone (`afr.py` and in place), in the state a real scoring
-    call leaves: right after the gradients of `batches` (allocator state included)."""
-    config = PrunerConfig(method="afr", num_batches=len(batches))
-    params = find_prunable_parameters(model, config)
-
-    def afr_py(a, b):
+    samples = []
+    for _ in range(repeats):
+        sums = gradients.accumulate_gradients(model, batches, params, config, ("loss", "refer"))
+        a, b = (gradients.connection_sensitivity(s, params) for s in sums)
+        rt.sync()
+        start = time.perf_counter()
         za, zb = standardize(a), standardize(b)
-        return {n: za[n] + zb[n] for n in params}
-
-    def in_place(a, b):
-        za, zb = standardize_in_place(a), standardize_in_place(b)
-        return {n: za[n].add_(zb[n]) for n in params}
-
-    out = {}
-    for label, fn in (("afr.py", afr_py), ("in place", in_place)):
-        samples = []
-        for _ in range(repeats):
-            sums = gradients.accumulate_gradients(model, batches, params, config, ("loss", "refer"))
-            a, b = (gradients.connection_sensitivity(s, params) for s in sums)
-            rt.sync()
-            start = time.perf_counter()
-            fn(a, b)
-            rt.sync()
-            samples.append(time.perf_counter() - start)
-            del sums, a, b
-        out[label] = min(samples)
-    return out
+        for n in params:
+            za[n].add_(zb[n])
+        rt.sync()
+        samples.append(time.perf_counter() - start)
+        del sums, a, b, za, zb
+    return min(samples)
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -469,7 +422,6 @@ def bench_timing(settings: Settings, rt: Runtime) -> dict:
         batches = make_batches(model, n_batches, batch_size, rt)
         fns = {m: scorer(model, batches, m) for m in METHODS}
         fns["afr, batched VJP"] = afr_batched_vjp(model, batches)
-        fns["afr, in-place z-scores"] = afr_in_place_z_scores(model, batches)
         times = interleaved(fns, rounds, rt)
         rows.append(
             {
@@ -482,7 +434,6 @@ def bench_timing(settings: Settings, rt: Runtime) -> dict:
                 "refer/snip": ratio(times, "refer", "snip"),
                 "afr/snip": ratio(times, "afr", "snip"),
                 "afr batched/snip": ratio(times, "afr, batched VJP", "snip"),
-                "afr in-place/snip": ratio(times, "afr, in-place z-scores", "snip"),
                 "separate/snip": {
                     "median": statistics.median(
                         (a + b) / c for a, b, c in zip(times["refer"], times["snip"], times["snip"])
@@ -497,28 +448,26 @@ def bench_timing(settings: Settings, rt: Runtime) -> dict:
 def timing_markdown(result: dict) -> str:
     lines = [
         "| model | batch x batches | rounds | SNIP s | ReFer s | AFR s | ReFer/SNIP | AFR/SNIP "
-        "| AFR with in-place z-scores/SNIP | AFR batched-VJP/SNIP | SNIP+ReFer separately/SNIP |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| AFR batched-VJP/SNIP | SNIP+ReFer separately/SNIP |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     verdicts = []
     for row in result["rows"]:
         t = {k: statistics.median(v) for k, v in row["times"].items()}
         rs, ra, rb = row["refer/snip"], row["afr/snip"], row["afr batched/snip"]
-        ri = row["afr in-place/snip"]
         lines.append(
             f"| {row['shape']} ({row['model']}) | {row['batch_size']} x {row['num_batches']} "
             f"| {row['rounds']} "
             f"| {t['snip']:.3f} | {t['refer']:.3f} | {t['afr']:.3f} "
             f"| **{rs['median']:.3f}** ({rs['low']:.2f}-{rs['high']:.2f}) "
             f"| **{ra['median']:.3f}** ({ra['low']:.2f}-{ra['high']:.2f}) "
-            f"| {ri['median']:.3f} ({ri['low']:.2f}-{ri['high']:.2f}) | {rb['median']:.3f} "
+            f"| {rb['median']:.3f} "
             f"| {row['separate/snip']['median']:.3f} |"
         )
         verdicts.append(
             f"- {row['shape']}, {row['batch_size']} x {row['num_batches']}: ReFer/SNIP {verdict(rs['median'], TARGETS['refer/snip'])}; "
             f"AFR/SNIP {verdict(ra['median'], TARGETS['afr/snip'])}; stretch goal AFR/SNIP < 1.5: "
-            f"{'reached' if ra['median'] < TARGETS['afr/snip stretch'] else 'not reached'}. "
-            f"With in-place z-scores: AFR/SNIP {verdict(ri['median'], TARGETS['afr/snip'])}."
+            f"{'reached' if ra['median'] < TARGETS['afr/snip stretch'] else 'not reached'}."
         )
     note = (
         "\nTimes: medians over the rounds of one scoring call on `batches` batches of `batch` "
@@ -527,9 +476,8 @@ def timing_markdown(result: dict) -> str:
         "per-round ratios (range in "
         "brackets). *Batched VJP*: AFR's two gradients from one `torch.autograd.grad(..., "
         "is_grads_batched=True)` backward instead of two backward passes (not used by the "
-        "library). *In-place z-scores*: the library's gradients with AFR's z-scores computed in "
-        "place in float32 (float64 sums) instead of `afr.py`'s float64 copies, a proposed change "
-        "(same scores to ~1e-6). *Separately*: SNIP and ReFer each with its own forward pass.\n"
+        "library; same |g*w| and z-score stage). *Separately*: SNIP and ReFer each with its own "
+        "forward pass (the sum of their times).\n"
     )
     return "\n".join(lines) + "\n" + note + "\n" + "\n".join(verdicts) + "\n"
 
@@ -589,9 +537,7 @@ def bench_profile(settings: Settings, rt: Runtime) -> dict:
     model = build_model(shape, rt)
     batches = make_batches(model, 1, batch_size, rt)
     result = {m: profile_method(scorer(model, batches, m), rt) for m in METHODS}
-    z_scores = z_score_seconds(model, batches, rt)
-    result["afr"]["z-scores (afr.py), measured apart"] = 1e3 * z_scores["afr.py"]
-    result["afr"]["z-scores in place, measured apart"] = 1e3 * z_scores["in place"]
+    result["afr"]["z-score stage, measured apart"] = 1e3 * z_score_seconds(model, batches, rt)
     engine = {m: sum(result[m][label] for label, _ in STAGES) for m in METHODS}
     snip = result["snip"]
     forward = snip["forward"] + snip["objectives (loss, SVD forward)"]
@@ -619,8 +565,7 @@ PROFILE_ROWS = [  # (label, nested under the row above)
     ("SVD backward", True),
     ("gradient accumulation (hooks)", True),
     ("other (batch prep, |g*w|, z-scores, setup)", False),
-    ("z-scores (afr.py), measured apart", True),
-    ("z-scores in place, measured apart", True),
+    ("z-score stage, measured apart", True),
     ("total", False),
 ]
 
@@ -651,8 +596,9 @@ def profile_markdown(result: dict) -> str:
         f"forward and one backward per objective, (F + 2B) / (F + B): "
         f"**{result['floor afr/snip']:.3f}**; AFR/SNIP over the labelled stages (the scoring "
         f"engine, z-score stage excluded): **{result['engine afr/snip']:.3f}**. *Other* is "
-        "the rest of the call: for AFR mostly the z-scores of `afr.py` (measured apart just "
-        "after a real gradient pass, best of 2).\n"
+        "the rest of the call (batch preparation, |g*w|, z-scores, setup). *Z-score stage*: "
+        "AFR's `standardize` of both scores (in place, float32 with float64 sums) and their "
+        "sum, measured apart just after a real gradient pass (best of 2).\n"
     )
     return "\n".join(lines) + "\n"
 
@@ -684,8 +630,6 @@ def _memory_fn(mode: str, model, batch, rt: Runtime) -> Callable[[], Any]:
         return lambda: gradients.accumulate_gradients(
             model, batches, params, config, ("loss", "refer")
         )
-    if mode == "afr, in-place z-scores":
-        return afr_in_place_z_scores(model, batches)
     return scorer(model, batches, mode.split(",")[0], **kwargs)
 
 
@@ -819,9 +763,9 @@ def memory_markdown(result: dict) -> str:
         "call) minus its RSS before (allocator caching, fragmentation and the profiler's own "
         "buffers included). *train step*: forward, backward and a first AdamW step (its states "
         "created). *micro-batch*: `micro_batch_size` = batch / 4; *checkpointing*: "
-        "`gradient_checkpointing=True`; *in-place z-scores*: AFR with the z-score stage proposed "
-        "for `afr.py` (see section 1); *afr gradients*: `accumulate_gradients` alone (the "
-        "scoring engine, without the |g*w| and z-score stage).\n"
+        "`gradient_checkpointing=True`; *afr gradients*: `accumulate_gradients` alone (the "
+        "scoring engine, without the |g*w| and z-score stage, which works in place on the "
+        "gradient buffers).\n"
     )
     summary = [
         f"- {mode}: peak / train-step peak "
@@ -896,20 +840,23 @@ def _trainer(model, dataset, batch_size, steps, rt, callbacks, workdir) -> Train
 def _gradient_hooks_seconds(model, enforcer: MaskEnforcer, rt: Runtime, rounds: int = 5) -> float:
     """Extra time of a backward pass through the masked weights with the hooks attached.
 
-    Each masked Linear weight gets its gradient from a one-row `F.linear`, so the gradient has
-    the layout a real backward gives it (transposed) at almost no compute; the difference
-    with and without `enforcer.attach()` is the hooks' own work.
+    Each masked weight gets its gradient from a one-row `F.linear` (a Conv2d weight flattened
+    to 2-D), at almost no compute. The hook then sees what a real backward hands it: a fresh
+    contiguous gradient buffer, which it masks in place and which becomes `.grad` without a
+    copy. `.grad` is reset to None after every pass, so every pass masks a fresh gradient and
+    neither variant accumulates into an existing `.grad`; the difference with and without
+    `enforcer.attach()` is the hooks' own work. A last hooked pass checks that the hooks did
+    mask the gradients.
     """
-    params = [p for name, p in model.named_parameters() if name in enforcer.masks]
+    params = {name: p for name, p in model.named_parameters() if name in enforcer.masks}
 
     def output(p):
-        if p.ndim != 2:
-            return p.sum()
-        return torch.nn.functional.linear(torch.ones(1, p.shape[1], device=p.device), p).sum()
+        w = p if p.ndim == 2 else p.flatten(1)
+        return torch.nn.functional.linear(torch.ones(1, w.shape[1], device=p.device), w).sum()
 
     def backward():
-        torch.autograd.backward([output(p) for p in params])
-        for p in params:
+        torch.autograd.backward([output(p) for p in params.values()])
+        for p in params.values():
             p.grad = None
 
     samples = {"plain": [], "hooked": []}
@@ -919,6 +866,14 @@ def _gradient_hooks_seconds(model, enforcer: MaskEnforcer, rt: Runtime, rounds: 
                 enforcer.attach()
             samples[name].append(_best_time(backward, 1, rt))
             enforcer.detach()
+    enforcer.attach()
+    torch.autograd.backward([output(p) for p in params.values()])
+    enforcer.detach()
+    for name, p in params.items():
+        pruned = ~enforcer.masks[name].to(device=p.device, dtype=torch.bool)
+        if torch.count_nonzero(p.grad[pruned]):
+            raise RuntimeError(f"The gradient hook left nonzero gradients at pruned {name}.")
+        p.grad = None
     return max(0.0, min(samples["hooked"]) - min(samples["plain"]))
 
 
@@ -955,8 +910,8 @@ def bench_upkeep_one(shape, batch_size, steps, rounds, rt: Runtime, workdir: str
     model, optimizer = models["enforced"], trainers["enforced"].optimizer
     enforcer = MaskEnforcer(model, masks)
     direct = {
-        "post-step zeroing (weights + optimizer state)": _best_time(
-            lambda: enforcer.apply(optimizer), 5, rt
+        "post-step zeroing (weights)": _best_time(
+            lambda: enforcer._after_step(optimizer, (), {}), 5, rt
         ),
         "gradient hooks": _gradient_hooks_seconds(model, enforcer, rt),
     }
@@ -1001,7 +956,7 @@ def upkeep_markdown(result: dict) -> str:
             f"| {statistics.median(r['plain']):.4f} | {statistics.median(r['enforced']):.4f} "
             f"| **{r['overhead']:+.1%}** ({low:+.1%} to {high:+.1%}) "
             f"| {verdict(1 + r['overhead'], 1 + MASK_TARGET).split(' (')[0]} "
-            f"| {1e3 * r['direct']['post-step zeroing (weights + optimizer state)']:.2f} "
+            f"| {1e3 * r['direct']['post-step zeroing (weights)']:.2f} "
             f"| {1e3 * r['direct']['gradient hooks']:.2f} | {direct / r['step']:.1%} "
             f"| {r['violations']} |"
         )
@@ -1012,9 +967,11 @@ def upkeep_markdown(result: dict) -> str:
         "each round (optimizer set-up) dropped. Overhead: median of the per-round ratios of "
         "median step times, minus 1 (range in brackets). *Direct cost*: the enforcement work "
         "alone, divided by the plain step (the overhead without the timing noise): the "
-        "optimizer post-step zeroing (`MaskEnforcer.apply(optimizer)`, best of 5) and the "
-        "gradient hooks (a backward that only hands the masked weights their gradients, with "
-        "the hooks attached minus without, best of 5 each).\n"
+        "optimizer post-step hook (`MaskEnforcer._after_step`: each masked weight multiplied "
+        "in place by its mask; the optimizer state needs no per-step work, as masked gradients "
+        "keep it zero; best of 5) and the gradient hooks (each masks the fresh weight gradient "
+        "in place; timed as a backward that only hands the masked weights their gradients, "
+        "with the hooks attached minus without, best of 5 each).\n"
     )
     return "\n".join(lines) + "\n" + note
 

@@ -6,7 +6,7 @@
 #   1. scoring throughput (images/s) and peak memory (torch.cuda.max_memory_allocated) of
 #      SNIP, ReFer and AFR in float32 and bfloat16 at batch 64, 128 and 256, against one
 #      plain training step (forward, backward, AdamW step) at the same batch and dtype;
-#      AFR also with gradient checkpointing and with the proposed in-place z-scores;
+#      AFR also with gradient checkpointing;
 #   2. where the scoring time goes (torch.profiler, GPU kernel time per stage);
 #   3. a short masked fine-tuning run: a Trainer (bf16 autocast, batch 64) with and without
 #      PruningMaskCallback on a 90%-pruned model, step time and pruned weights after.

@@ -15,8 +15,9 @@ Methods: dense, random, magnitude, snip, refer, afr; plus refer/afr with token-m
     python benchmarks/replicate.py                # full grid (about an hour on 2 cores)
     python benchmarks/replicate.py --quick        # digits, one seed, 95/98% (a few minutes)
 
-Writes `results.json` (raw runs), `results.md` (mean +- std table) and `results.png` to
-`--output_dir` (default `benchmarks/results/`).
+Writes `results.json` (raw runs), `results.md` (mean +- std table, paired differences) and
+`results.png` to `--output_dir` (default `benchmarks/results/`); `--tabulate_only` rewrites
+the table and plot from an existing `results.json`.
 """
 
 from __future__ import annotations
@@ -239,9 +240,17 @@ def summarise(results: list[dict], sparsities: list[float]) -> str:
                 acc = [100 * r["accuracy"] for r in cell_runs]
                 full = statistics.mean(len(r["fully_pruned"]) for r in cell_runs)
                 cells.append(
-                    f"{statistics.mean(acc):.1f} ± {statistics.pstdev(acc):.1f} [{full:g}]"
+                    f"{statistics.mean(acc):.1f} ± {statistics.pstdev(acc):.1f} [{full:.2g}]"
                 )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += paired_differences(results, sparsities)
+    full = sorted(
+        {(label(r), name) for r in results for name in r.get("fully_pruned", [])},
+    )
+    if full:
+        lines += ["Weight tensors pruned to 100% in some run:", ""]
+        lines += [f"- {name} ({method})" for method, name in full]
         lines.append("")
     stats = [
         r
@@ -264,6 +273,61 @@ def summarise(results: list[dict], sparsities: list[float]) -> str:
                 )
         lines.append("")
     return "\n".join(lines)
+
+
+PAIRS = (("afr", "snip"), ("afr", "refer"), ("refer", "snip"), ("afr", "magnitude"))
+
+
+def paired_differences(results: list[dict], sparsities: list[float]) -> list[str]:
+    """Accuracy differences between methods on the same (task, seed): the same scoring batches,
+    head and recipe, so seed-to-seed noise common to both cancels."""
+    cls = {
+        (r["task"], r["seed"], r["method"], r["sparsity"]): 100 * r["accuracy"]
+        for r in results
+        if r["feature_token"] == "cls"
+    }
+    methods = {m for (_, _, m, _) in cls}
+    pairs = [(a, b) for a, b in PAIRS if a in methods and b in methods]
+    if not pairs:
+        return []
+    lines = [
+        "#### Paired differences (accuracy points, mean over seeds; wins = seeds where the first "
+        "method is better)",
+        "",
+        "| task | comparison | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+        "|---|---|" + "---:|" * len(sparsities),
+    ]
+    for task in sorted({t for (t, _, _, _) in cls}):
+        seeds = sorted({seed for (t, seed, _, _) in cls if t == task})
+        for a, b in pairs:
+            cells = []
+            for s in sparsities:
+                diffs = [
+                    cls[task, seed, a, s] - cls[task, seed, b, s]
+                    for seed in seeds
+                    if (task, seed, a, s) in cls and (task, seed, b, s) in cls
+                ]
+                wins = sum(d > 0 for d in diffs)
+                cells.append(
+                    f"{statistics.mean(diffs):+.1f} ({wins}/{len(diffs)})" if diffs else "—"
+                )
+            lines.append(f"| {task} | {a} − {b} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def header(meta: dict) -> str:
+    a = meta["args"]
+    model = Path(a["model"]).name
+    return (
+        "### Replication on the offline proxy\n\n"
+        f"`python benchmarks/replicate.py`: model `{model}`, {len(a['seeds'])} seeds, "
+        f"{a['num_batches']} scoring batches of {a['scoring_batch_size']} images, fine-tuning "
+        f"{a['epochs']} epochs AdamW lr {a['lr']:g} batch {a['batch_size']} (cosine), masks "
+        f"kept by `enforce_masks`; global sparsity over the encoder Linear weights, CLS "
+        f"features unless noted. torch {meta['torch']}, {a['workers']} worker process(es), "
+        f"{meta['threads_per_worker']} thread each; wall time {meta['wall_seconds'] / 60:.0f} "
+        "min.\n\n"
+    )
 
 
 def plot(results: list[dict], sparsities: list[float], path: Path) -> None:
@@ -328,14 +392,32 @@ def parse_args(argv=None):
     p.add_argument("--scoring_batch_size", type=int, default=32)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
+    p.add_argument(
+        "--tabulate_only",
+        action="store_true",
+        help="rewrite results.md and results.png from --output_dir/results.json (no runs)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.sparsities = ["digits"], [0], [0.95, 0.98]
     return args
 
 
+def write_outputs(results: list[dict], meta: dict, out: Path) -> str:
+    sparsities = sorted(meta["args"]["sparsities"])
+    table = header(meta) + summarise(results, sparsities)
+    (out / "results.md").write_text(table)
+    plot(results, sparsities, out / "results.png")
+    return table
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    if args.tabulate_only:
+        out = Path(args.output_dir)
+        saved = json.loads((out / "results.json").read_text())
+        print(write_outputs(saved["runs"], saved["meta"], out))
+        return saved["runs"]
     jobs = plan(args)
     print(f"{len(jobs)} runs on {args.workers} worker(s)", flush=True)
     start = time.perf_counter()
@@ -372,10 +454,7 @@ def main(argv=None) -> list[dict]:
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "runs": results}, indent=1, default=float)
     )
-    table = summarise(results, sorted(args.sparsities))
-    (out / "results.md").write_text(table)
-    plot(results, sorted(args.sparsities), out / "results.png")
-    print(table)
+    print(write_outputs(results, meta, out))
     print(f"wall time {meta['wall_seconds']:.0f}s; wrote {out}/results.{{json,md,png}}")
     return results
 

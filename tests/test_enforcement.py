@@ -121,6 +121,30 @@ def test_gradients_are_masked_before_clipping():
     assert any(torch.count_nonzero(params[n].grad[~m]) for n, m in masks.items())
 
 
+def test_gradient_hooks_support_double_backward():
+    """A gradient penalty through the masked gradient matches masking by hand."""
+    name = None
+    grads = []
+    for hooked in (True, False):
+        model, masks = pruned_model()
+        model.set_attn_implementation("eager")  # SDPA on CPU has no double backward
+        name = name or next(iter(masks))
+        weight, keep = dict(model.named_parameters())[name], masks[name]
+        loss = model(**batch(0)).loss
+        if hooked:
+            MaskEnforcer(model, masks).attach()
+            loss.backward(create_graph=True)
+            weight.grad.square().sum().backward()  # accumulates the penalty's gradient
+            grads.append(weight.grad.detach().clone())
+        else:
+            first = torch.autograd.grad(loss, weight, create_graph=True)[0] * keep
+            (penalty,) = torch.autograd.grad(first.square().sum(), weight)
+            grads.append(first.detach() + penalty * keep)
+    assert torch.count_nonzero(grads[0][~masks[name]]) == 0
+    assert torch.count_nonzero(grads[0]) > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_apply_cleans_restored_optimizer_state():
     model, masks = pruned_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from helpers import tiny_batches, tiny_vit
 
 from hf_afr import PrunerConfig, find_prunable_parameters, get_criterion
+from hf_afr.criteria.afr import standardize, sum_of_z_scores
 
 
 def scores_of(method, model, batches, **config_kwargs):
@@ -73,6 +74,44 @@ def test_refer_handles_rank_deficient_features_without_nans():
 def zscore(arrays):
     flat = np.concatenate([a.ravel() for a in arrays.values()]).astype(np.float64)
     return {k: (a - flat.mean()) / flat.std() for k, a in arrays.items()}
+
+
+def heavy_tailed_scores(seed, offset=0.0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(64, 32), (32,), (16, 3, 4, 4)]
+    return {
+        f"t{i}": offset + scale * torch.randn(s, generator=g).pow(4) for i, s in enumerate(shapes)
+    }
+
+
+@pytest.mark.parametrize(
+    "offset, scale",
+    [(0.0, 1.0), (0.0, 1e-12), (1e3, 1.0), (1.0, 1e-4)],
+    ids=["plain", "tiny", "large-mean", "tiny-variance"],
+)
+def test_z_scores_match_numpy_in_float64(offset, scale):
+    # The last two have a variance far below the mean square: the exact two-pass path.
+    scores = heavy_tailed_scores(0, offset, scale)
+    expected = zscore({k: v.double().numpy() for k, v in scores.items()})
+    z = standardize({k: v.clone() for k, v in scores.items()})
+    for name in scores:
+        np.testing.assert_allclose(z[name].numpy(), expected[name], rtol=1e-4, atol=1e-4)
+
+
+def test_sum_of_z_scores_matches_numpy():
+    a, b = heavy_tailed_scores(1), heavy_tailed_scores(2, offset=3.0, scale=50.0)
+    za = zscore({k: v.double().numpy() for k, v in a.items()})
+    zb = zscore({k: v.double().numpy() for k, v in b.items()})
+    total = sum_of_z_scores({k: v.clone() for k, v in a.items()}, b)
+    for name in a:
+        np.testing.assert_allclose(total[name].numpy(), za[name] + zb[name], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("value", [2.5, float("nan"), float("inf")])
+def test_z_scores_of_constant_or_non_finite_scores_are_a_clear_error(value):
+    scores = {"a": torch.full((4, 4), value), "b": torch.full((3,), value)}
+    with pytest.raises(ValueError, match="standard deviation is zero or not finite"):
+        standardize(scores)
 
 
 def test_afr_is_the_sum_of_z_scores_of_separately_computed_refer_and_snip():

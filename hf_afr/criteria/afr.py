@@ -7,33 +7,61 @@ import torch
 from . import register_criterion
 from .gradients import accumulate_gradients, connection_sensitivity
 
+# Below this ratio of variance to mean square, E[s^2] - E[s]^2 would cancel too many digits.
+_ONE_PASS_MIN_RELATIVE_VARIANCE = 1e-3
 
-def standardize(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Z-score in place over the union of all tensors: (s - mean) / std.
 
-    Population std from a two-pass mean and variance with float64 sums; the tensors themselves
-    stay float32 and are overwritten (one tensor-sized temporary at a time).
+def score_moments(scores: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Mean and population std over the union of all tensors.
+
+    One reading pass per tensor: its sum and L2 norm (pairwise/tree reductions in float32,
+    no temporaries), combined in float64 as E[s^2] - E[s]^2. Where the variance is tiny
+    against the mean square, so that difference would lose precision, an exact two-pass
+    variance with float64 sums is used instead.
     """
     n = sum(s.numel() for s in scores.values())
-    mean = sum(torch.sum(s, dtype=torch.float64) for s in scores.values()) / n
-    var = sum(torch.sum((s - mean).square_(), dtype=torch.float64) for s in scores.values()) / n
-    std = var.sqrt()
-    if not torch.isfinite(std) or std == 0:
+    values = list(scores.values())
+    sums = torch.stack([s.sum(dtype=torch.float32) for s in values]).double()
+    norms = torch.stack([torch.linalg.vector_norm(s.float()) for s in values]).double()
+    mean = sums.sum() / n
+    mean_square = norms.square().sum() / n
+    var = mean_square - mean.square()
+    if not var > _ONE_PASS_MIN_RELATIVE_VARIANCE * mean_square:
+        var = sum(torch.sum((s - mean).square_(), dtype=torch.float64) for s in values) / n
+    std = var.clamp(min=0).sqrt().item()
+    if not (torch.isfinite(mean) and std > 0 and std < float("inf")):
         raise ValueError(
             "Cannot standardise scores whose standard deviation is zero or not finite "
-            f"(std={std.item()}): all scored weights got the same score."
+            f"(std={std}): all scored weights got the same score."
         )
+    return mean.item(), std
+
+
+def standardize(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Z-score in place over the union of all tensors: (s - mean) / std (population std)."""
+    mean, std = score_moments(scores)
     for s in scores.values():
         s.sub_(mean).div_(std)
     return scores
 
 
+def sum_of_z_scores(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """z(a) + z(b), written into `a`'s tensors: a / std_a + b / std_b - (mean_a / std_a +
+    mean_b / std_b), three in-place passes over `a` and one reading pass over `b`."""
+    mean_a, std_a = score_moments(a)
+    mean_b, std_b = score_moments(b)
+    shift = mean_a / std_a + mean_b / std_b
+    return {name: s.div_(std_a).add_(b[name], alpha=1 / std_b).sub_(shift) for name, s in a.items()}
+
+
 @register_criterion("afr", needs_labels=True)
 def afr_scores(model, batches, params, config) -> dict[str, torch.Tensor]:
-    """z(|dR/dw * w|) + z(|dL/dw * w|), both gradients from one shared forward pass per batch."""
+    """z(|dL/dw * w|) + z(|dR/dw * w|), both gradients from one shared forward pass per batch."""
     loss_grads, refer_grads = accumulate_gradients(
         model, batches, params, config, objectives=("loss", "refer")
     )
-    snip = standardize(connection_sensitivity(loss_grads, params))
-    refer = standardize(connection_sensitivity(refer_grads, params))
-    return {name: snip[name].add_(refer[name]) for name in params}
+    return sum_of_z_scores(
+        connection_sensitivity(loss_grads, params), connection_sensitivity(refer_grads, params)
+    )

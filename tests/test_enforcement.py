@@ -121,6 +121,7 @@ def test_gradients_are_masked_before_clipping():
     assert any(torch.count_nonzero(params[n].grad[~m]) for n, m in masks.items())
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")
 def test_gradient_hooks_support_double_backward():
     """A gradient penalty through the masked gradient matches masking by hand."""
     name = None

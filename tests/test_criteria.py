@@ -86,11 +86,12 @@ def heavy_tailed_scores(seed, offset=0.0, scale=1.0):
 
 @pytest.mark.parametrize(
     "offset, scale",
-    [(0.0, 1.0), (0.0, 1e-12), (1e3, 1.0), (1.0, 1e-4)],
-    ids=["plain", "tiny", "large-mean", "tiny-variance"],
+    [(0.0, 1.0), (0.0, 1e-12), (0.0, 1e18), (1e3, 1.0), (1.0, 1e-4)],
+    ids=["plain", "tiny", "huge", "large-mean", "tiny-variance"],
 )
 def test_z_scores_match_numpy_in_float64(offset, scale):
-    # The last two have a variance far below the mean square: the exact two-pass path.
+    # Squares of `huge` overflow float32, the last two have a variance far below the mean
+    # square: the exact two-pass path.
     scores = heavy_tailed_scores(0, offset, scale)
     expected = zscore({k: v.double().numpy() for k, v in scores.items()})
     z = standardize({k: v.clone() for k, v in scores.items()})

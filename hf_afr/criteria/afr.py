@@ -16,8 +16,8 @@ def score_moments(scores: dict[str, torch.Tensor]) -> tuple[float, float]:
 
     One reading pass per tensor: its sum and L2 norm (pairwise/tree reductions in float32,
     no temporaries), combined in float64 as E[s^2] - E[s]^2. Where the variance is tiny
-    against the mean square, so that difference would lose precision, an exact two-pass
-    variance with float64 sums is used instead.
+    against the mean square, so that difference would lose precision, or a float32 sum
+    overflows, an exact two-pass variance in float64 is used instead.
     """
     n = sum(s.numel() for s in scores.values())
     values = list(scores.values())
@@ -26,8 +26,8 @@ def score_moments(scores: dict[str, torch.Tensor]) -> tuple[float, float]:
     mean = sums.sum() / n
     mean_square = norms.square().sum() / n
     var = mean_square - mean.square()
-    if not var > _ONE_PASS_MIN_RELATIVE_VARIANCE * mean_square:
-        var = sum(torch.sum((s - mean).square_(), dtype=torch.float64) for s in values) / n
+    if not var > _ONE_PASS_MIN_RELATIVE_VARIANCE * mean_square:  # also when inf or NaN
+        var = sum((s.double() - mean).square_().sum() for s in values) / n
     std = var.clamp(min=0).sqrt().item()
     if not (torch.isfinite(mean) and std > 0 and std < float("inf")):
         raise ValueError(

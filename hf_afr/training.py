@@ -13,9 +13,9 @@ import os
 import random
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -33,6 +33,9 @@ from .distributed import broadcast_masks, shard_batches
 from .mask_io import MASKS_NAME, load_masks
 from .pruner import AFRPruner
 from .report import SparsityReport
+
+if TYPE_CHECKING:
+    import evaluate
 
 logger = logging.get_logger(__name__)
 
@@ -464,15 +467,39 @@ def card_kwargs(
     return kwargs
 
 
-def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
-    """Top-1 accuracy of the logits in `eval_pred` (the `accuracy` metric of `evaluate`)."""
-    logits = (
-        eval_pred.predictions[0]
-        if isinstance(eval_pred.predictions, tuple)
-        else eval_pred.predictions
-    )
-    predictions = np.argmax(logits, axis=-1)
-    return {"accuracy": float(np.mean(predictions == eval_pred.label_ids))}
+def load_accuracy_metric(cache_dir: str | None = None) -> evaluate.EvaluationModule | None:
+    """`evaluate.load("accuracy")`, or None (with a warning) where it cannot be loaded.
+
+    The metric's script comes from the Hub once and is cached; offline without that cache
+    (`HF_EVALUATE_OFFLINE=1` fails at once instead of trying the network) it is unavailable.
+    """
+    import evaluate  # 2 s to import: only where a script evaluates
+
+    try:
+        return evaluate.load("accuracy", cache_dir=cache_dir)
+    except (ConnectionError, FileNotFoundError, OSError) as err:
+        logger.warning(
+            f"Could not load evaluate's 'accuracy' metric ({err}); computing the same top-1 "
+            "accuracy with numpy. Run once with Hub access to cache the metric."
+        )
+        return None
+
+
+def accuracy_metric_fn(
+    metric: evaluate.EvaluationModule | None,
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A Trainer `compute_metrics`: top-1 accuracy of the logits, by `metric` (evaluate's
+    `accuracy`) or, where it is None, by numpy with the same definition."""
+
+    def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+        logits = eval_pred.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        predictions = np.argmax(logits, axis=-1)
+        if metric is not None:
+            return metric.compute(predictions=predictions, references=eval_pred.label_ids)
+        return {"accuracy": float(np.mean(predictions == eval_pred.label_ids))}
+
+    return compute_metrics
 
 
 # ---------------------------------------------------------------------------------------

@@ -30,10 +30,11 @@ from hf_afr.distributed import check_supported_training_args
 from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
 from hf_afr.training import (
     ImageTransform,
+    accuracy_metric_fn,
     card_kwargs,
     collate_fn,
-    compute_accuracy,
     label_maps,
+    load_accuracy_metric,
     load_image_dataset,
     load_pruner,
     parse_script_args,
@@ -92,8 +93,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     # Step 4: sparse fine-tuning; the callback keeps the masks exact and saves them.
     dataset["train"].set_transform(train_transform)
+    metric = None
     if "validation" in dataset:
         dataset["validation"].set_transform(eval_transform)
+        metric = load_accuracy_metric(model_args.cache_dir)
     trainer = Trainer(
         model=pruner.model,
         args=training_args,
@@ -101,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         eval_dataset=dataset["validation"] if training_args.do_eval else None,
         processing_class=image_processor,
         data_collator=collate_fn,
-        compute_metrics=compute_accuracy,
+        compute_metrics=accuracy_metric_fn(metric),
         callbacks=[PruningMaskCallback.from_pruner(pruner)],
     )
     metrics = {}

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Offline: `evaluate.load` fails at once instead of trying the network (read at its import).
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+
 import importlib.util
 from pathlib import Path
 

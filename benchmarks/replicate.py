@@ -12,7 +12,7 @@ and the same fine-tuning recipe (AdamW, cosine schedule, masks kept by `enforce_
 Methods: dense, random, magnitude, snip, refer, afr; plus refer/afr with token-mean features
 (ablation of the CLS default). Runs are spread over worker processes with one thread each.
 
-    python benchmarks/replicate.py                # full grid (about an hour on 2 cores)
+    python benchmarks/replicate.py                # full grid (132 runs, about 40 min on 2 cores)
     python benchmarks/replicate.py --quick        # digits, one seed, 95/98% (a few minutes)
 
 Writes `results.json` (raw runs), `results.md` (mean +- std table, paired differences) and

@@ -477,7 +477,7 @@ def load_accuracy_metric(cache_dir: str | None = None) -> evaluate.EvaluationMod
 
     try:
         return evaluate.load("accuracy", cache_dir=cache_dir)
-    except (ConnectionError, FileNotFoundError, OSError) as err:
+    except OSError as err:  # ConnectionError and FileNotFoundError included
         logger.warning(
             f"Could not load evaluate's 'accuracy' metric ({err}); computing the same top-1 "
             "accuracy with numpy. Run once with Hub access to cache the metric."

@@ -93,10 +93,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     # Step 4: sparse fine-tuning; the callback keeps the masks exact and saves them.
     dataset["train"].set_transform(train_transform)
-    metric = None
     if "validation" in dataset:
         dataset["validation"].set_transform(eval_transform)
-        metric = load_accuracy_metric(model_args.cache_dir)
+    metric = load_accuracy_metric(model_args.cache_dir) if training_args.do_eval else None
     trainer = Trainer(
         model=pruner.model,
         args=training_args,

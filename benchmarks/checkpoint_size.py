@@ -33,8 +33,9 @@ from transformers.utils import logging
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from hf_afr import AFRPruner, PrunerConfig  # noqa: E402
-from hf_afr.compact import COMPACT_WEIGHTS_NAME, information_bound, read_compact_header  # noqa: E402
-from hf_afr.mask_io import MASKS_NAME  # noqa: E402
+from hf_afr.checkpoint.compact import information_bound, read_compact_header  # noqa: E402
+from hf_afr.checkpoint.formats import COMPACT_WEIGHTS_NAME  # noqa: E402
+from hf_afr.checkpoint.masks_file import MASKS_NAME  # noqa: E402
 
 
 def vit_b16() -> ViTForImageClassification:

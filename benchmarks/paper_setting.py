@@ -139,6 +139,9 @@ def launch(argv: list[str], launcher: str) -> None:
         sys.argv = [str(FINETUNE), *argv]
         try:
             runpy.run_path(str(FINETUNE), run_name="__main__")
+        except SystemExit as exit_:  # the script ends with sys.exit(status)
+            if exit_.code not in (0, None):
+                raise RuntimeError(f"finetune.py exited with status {exit_.code}") from None
         finally:
             sys.argv = saved
         return

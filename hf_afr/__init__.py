@@ -1,20 +1,37 @@
-"""hf_afr: foresight pruning of pretrained Hugging Face ViTs with SNIP, ReFer and AFR."""
+"""hf_afr: foresight pruning of pretrained Hugging Face vision transformers with SNIP, ReFer and AFR.
 
+The public names below are imported on first use, so that `import hf_afr` (and `hf-afr --help`)
+stays fast; `import hf_afr` also makes transformers' `from_pretrained` able to load hf_afr's
+compact checkpoints (see `hf_afr.registration`).
+"""
+
+from __future__ import annotations
+
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from . import integration  # noqa: F401  (lets transformers load compact checkpoints)
-from .config import PrunerConfig
-from .criteria import available_criteria, get_criterion, register_criterion
-from .enforcement import MaskEnforcer, PruningMaskCallback, SparsityViolationError, enforce_masks
-from .masks import apply_masks, select_masks
-from .pruner import AFRPruner
-from .report import SparsityReport
-from .targets import find_prunable_parameters
-
-__version__ = "0.1.0"
+from . import registration
+from .version import __version__
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "tiny-vit-glyphs"
 """The embedded default: a tiny ViT pretrained on rendered glyphs, shipped with the package."""
+
+_LAZY_ATTRIBUTES = {
+    "AFRPruner": ".pruner",
+    "MaskEnforcer": ".enforcement",
+    "PrunerConfig": ".config",
+    "PruningMaskCallback": ".enforcement",
+    "SparsityReport": ".report",
+    "SparsityViolationError": ".enforcement",
+    "apply_masks": ".masks",
+    "available_criteria": ".criteria",
+    "enforce_masks": ".enforcement",
+    "find_prunable_parameters": ".targets",
+    "get_criterion": ".criteria",
+    "register_criterion": ".criteria",
+    "select_masks": ".masks",
+}
 
 __all__ = [
     "AFRPruner",
@@ -33,3 +50,33 @@ __all__ = [
     "register_criterion",
     "select_masks",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on demand
+    from .config import PrunerConfig
+    from .criteria import available_criteria, get_criterion, register_criterion
+    from .enforcement import (
+        MaskEnforcer,
+        PruningMaskCallback,
+        SparsityViolationError,
+        enforce_masks,
+    )
+    from .masks import apply_masks, select_masks
+    from .pruner import AFRPruner
+    from .report import SparsityReport
+    from .targets import find_prunable_parameters
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_ATTRIBUTES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_afr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
+
+
+registration.install()

@@ -1,46 +1,50 @@
-"""`hf-afr`: convert pruned checkpoints between formats and print their sparsity.
+"""`hf-afr`: convert pruned checkpoints between formats and inspect them.
 
     hf-afr densify SRC DST      compact -> dense (standard transformers checkpoint + masks)
     hf-afr compact SRC DST      dense -> compact (encoded masks + kept values)
-    hf-afr report PATH          per-tensor sparsity of a pruned checkpoint (folder, file or Hub id)
+    hf-afr report PATH          per-tensor sparsity of a pruned checkpoint, checked against
+                                its weights (folder or Hub id)
 
-SRC and PATH may be local folders or Hub repository ids.
+SRC and PATH may be local folders or Hub repository ids. Errors are one line on stderr with a
+non-zero exit; `--debug` shows the traceback. Every import beyond argparse happens inside the
+command that needs it, so `hf-afr --help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 
-from transformers.utils import logging
+from .cli_errors import debug_requested, run_reporting_errors
 
-logger = logging.get_logger(__name__)
+PROG = "hf-afr"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hf-afr` console script; returns the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    debug = args.debug or debug_requested([])
     try:
-        args.func(args)
-    except (ValueError, OSError) as err:
-        print(f"hf-afr {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        run_reporting_errors(f"{PROG} {args.command}", lambda: args.func(args), debug)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hf-afr", description="Convert and inspect checkpoints pruned with hf_afr."
+        prog=PROG, description="Convert and inspect checkpoints pruned with hf_afr."
     )
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, func, text in (
         ("densify", _densify, "compact -> dense: a standard transformers checkpoint plus masks"),
         ("compact", _compact, "dense -> compact: pruned tensors as encoded mask + kept values"),
     ):
-        command = sub.add_parser(name, help=text, description=text)
+        command = sub.add_parser(name, help=text, description=text, parents=[debug])
         command.add_argument("src", metavar="SRC", help="source checkpoint: folder or Hub id")
         command.add_argument("dst", metavar="DST", help="destination folder")
         command.add_argument(
@@ -48,18 +52,21 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--revision", default=None, help="Hub revision of SRC")
         command.set_defaults(func=func)
-    report = sub.add_parser("report", help="print the per-tensor sparsity of a pruned checkpoint")
-    report.add_argument(
-        "path", metavar="PATH", help="checkpoint folder, masks/compact file or Hub id"
+    report = sub.add_parser(
+        "report",
+        help="print the per-tensor sparsity of a pruned checkpoint, checked against its weights",
+        parents=[debug],
     )
+    report.add_argument("path", metavar="PATH", help="checkpoint folder or Hub id")
     report.add_argument("--markdown", action="store_true", help="print a markdown table")
     report.add_argument("--revision", default=None, help="Hub revision of PATH")
     report.set_defaults(func=_report)
+    parser.set_defaults(debug=False)
     return parser
 
 
 def _densify(args: argparse.Namespace) -> None:
-    from .compact import densify_checkpoint
+    from .checkpoint.convert import densify_checkpoint
 
     source = _local_source(args.src, args.revision)
     _check_destination(source, args.dst, args.overwrite)
@@ -68,93 +75,38 @@ def _densify(args: argparse.Namespace) -> None:
 
 
 def _compact(args: argparse.Namespace) -> None:
-    from .compact import COMPACT_WEIGHTS_NAME
-    from .config import PRUNER_CONFIG_NAME
-    from .mask_io import MASKS_NAME
-    from .pruner import AFRPruner
+    from .checkpoint.convert import compact_checkpoint
+    from .checkpoint.formats import COMPACT_WEIGHTS_NAME
 
     source = _local_source(args.src, args.revision)
     _check_destination(source, args.dst, args.overwrite)
-    if not os.path.isfile(os.path.join(source, MASKS_NAME)):
-        raise ValueError(
-            f"{args.src} has no {MASKS_NAME}: only checkpoints pruned and saved by hf_afr "
-            "(AFRPruner.save_pretrained) can be made compact."
-        )
-    pruner = AFRPruner.from_pretrained(source)
-    os.makedirs(args.dst, exist_ok=True)
-    # Carry over the processor, plot and card (the card is then updated, not replaced).
-    skip = {"config.json", MASKS_NAME, PRUNER_CONFIG_NAME, COMPACT_WEIGHTS_NAME}
-    for name in os.listdir(source):
-        path = os.path.join(source, name)
-        is_weights = name.endswith((".safetensors", ".bin", ".safetensors.index.json"))
-        if (
-            os.path.isfile(path)
-            and name not in skip
-            and not is_weights
-            and not name.startswith(".")
-        ):
-            shutil.copyfile(path, os.path.join(args.dst, name))
-    pruner.save_pretrained(args.dst, checkpoint_format="compact")
+    compact_checkpoint(source, args.dst)
     size = os.path.getsize(os.path.join(args.dst, COMPACT_WEIGHTS_NAME))
     print(f"Wrote a compact checkpoint to {args.dst} ({size / 2**20:.2f} MiB of weights).")
 
 
 def _report(args: argparse.Namespace) -> None:
-    from safetensors import SafetensorError, safe_open
+    from .checkpoint.load import inspect_checkpoint
 
-    from .compact import COMPACT_FORMAT, information_bound, load_compact_masks, read_compact_header
-    from .mask_io import load_masks
-    from .report import SparsityReport
-
-    path = _resolve_report_file(args.path, args.revision)
-    try:
-        with safe_open(path, framework="np") as f:
-            file_format = (f.metadata() or {}).get("format")
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"Cannot read {path}: {err}") from err
-    if file_format == COMPACT_FORMAT:
-        entries = read_compact_header(path)
-        masks = load_compact_masks(path)
-        header = (
-            f"compact checkpoint {path}: {os.path.getsize(path)} bytes; information bound of the "
-            f"pruned tensors {information_bound(entries):.0f} bytes"
-        )
-    else:
-        masks = load_masks(path)
-        header = f"pruning masks {path}"
+    source = _local_source(args.path, args.revision)
+    header, report = inspect_checkpoint(source)
     print(header)
-    report = SparsityReport.from_masks(masks)
     print(report.to_markdown() if args.markdown else str(report))
 
 
-def _resolve_report_file(path: str, revision: str | None) -> str:
-    from .compact import COMPACT_WEIGHTS_NAME
-    from .mask_io import MASKS_NAME
-
-    if os.path.isfile(path):
-        return path
-    folder = (
-        path
-        if os.path.isdir(path)
-        else _local_source(path, revision, [MASKS_NAME, COMPACT_WEIGHTS_NAME])
-    )
-    for name in (MASKS_NAME, COMPACT_WEIGHTS_NAME):
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    raise ValueError(
-        f"{path} holds neither {MASKS_NAME} nor {COMPACT_WEIGHTS_NAME}: not pruned by hf_afr."
-    )
-
-
-def _local_source(src: str, revision: str | None, allow: list[str] | None = None) -> str:
+def _local_source(src: str, revision: str | None) -> str:
     if os.path.isdir(src):
         return src
     if os.path.exists(src):
         raise ValueError(f"{src} is a file; expected a checkpoint folder or a Hub repository id.")
+    if src.startswith((".", "/", "~")) or src.count("/") > 1:
+        raise ValueError(
+            f"{src} does not exist: expected a checkpoint folder or a Hub repository id."
+        )
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(src, revision=revision, allow_patterns=allow)
+        return snapshot_download(src, revision=revision)
     except Exception as err:  # noqa: BLE001 - reported as a CLI error with the cause
         raise OSError(
             f"{src} is neither a local folder nor a downloadable Hub repository: {err}"

@@ -10,9 +10,13 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .criteria import available_criteria, get_criterion
+from .files import atomic_write_text, resolve_file
+from .version import __version__
+
 logger = logging.get_logger(__name__)
 
-PRUNER_CONFIG_NAME = "pruner_config.json"
+PRUNER_CONFIG_NAME = "pruner_config.json"  # also listed in `checkpoint.formats`
 
 SCOPES = ("global", "layerwise")
 FEATURE_TOKENS = ("cls", "mean")
@@ -118,8 +122,6 @@ class PrunerConfig:
     )
 
     def __post_init__(self) -> None:
-        from .criteria import available_criteria
-
         methods = available_criteria()
         if self.method not in methods:
             raise ValueError(
@@ -158,8 +160,6 @@ class PrunerConfig:
     @property
     def needs_data(self) -> bool:
         """Whether the criterion reads batches (SNIP, ReFer, AFR) or only the weights."""
-        from .criteria import get_criterion
-
         return get_criterion(self.method).needs_data
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,8 +167,7 @@ class PrunerConfig:
         return dataclasses.asdict(self)
 
     def to_json_string(self) -> str:
-        from . import __version__
-
+        """The config as sorted, indented JSON with the hf_afr version that wrote it."""
         return (
             json.dumps({**self.to_dict(), "hf_afr_version": __version__}, indent=2, sort_keys=True)
             + "\n"
@@ -176,8 +175,6 @@ class PrunerConfig:
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
         """Write `pruner_config.json` (sorted keys, library version recorded) into a folder."""
-        from .io_utils import atomic_write_text
-
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` must be a folder, but {save_directory} is a file.")
         os.makedirs(save_directory, exist_ok=True)
@@ -203,7 +200,11 @@ class PrunerConfig:
                 file itself, or a Hub repo id.
             hub_kwargs: passed to `huggingface_hub.hf_hub_download` (`revision`, `token`, ...).
         """
-        path = _resolve_config_file(str(name_or_path), **hub_kwargs)
+        name_or_path = os.fspath(name_or_path)
+        if os.path.isfile(name_or_path):
+            path = name_or_path
+        else:
+            path = resolve_file(name_or_path, PRUNER_CONFIG_NAME, **hub_kwargs)
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -212,19 +213,6 @@ class PrunerConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
         return cls.from_dict(data)
-
-
-def _resolve_config_file(name_or_path: str, **hub_kwargs: Any) -> str:
-    if os.path.isfile(name_or_path):
-        return name_or_path
-    if os.path.isdir(name_or_path):
-        path = os.path.join(name_or_path, PRUNER_CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"No {PRUNER_CONFIG_NAME} in {name_or_path}.")
-        return path
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(name_or_path, PRUNER_CONFIG_NAME, **hub_kwargs)
 
 
 def _as_float(name: str, value: Any) -> float:

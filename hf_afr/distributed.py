@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 T = TypeVar("T")
@@ -42,19 +43,12 @@ def rank_and_world_size() -> tuple[int, int]:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel / DeepSpeed engine / `torch.compile` wrappers (never changes them)."""
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
-            model = model._orig_mod
-        elif _is_wrapper(model):
-            model = model.module
-        else:
-            return model
+    """The model inside DDP / DataParallel / DeepSpeed / `torch.compile` wrappers (unchanged).
 
-
-def _is_wrapper(model: nn.Module) -> bool:
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return isinstance(model, wrappers) or type(model).__name__ == "DeepSpeedEngine"
+    accelerate's `extract_model_from_parallel`; call `check_supported_model` first, since it
+    would also unwrap FSDP, whose flattened parameters masks cannot address.
+    """
+    return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
 def check_supported_model(model: nn.Module) -> None:

@@ -40,9 +40,10 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from .checkpoint.formats import MASKS_NAME
+from .checkpoint.masks_file import save_masks
 from .config import PrunerConfig
 from .distributed import check_supported_model, check_supported_training_args, unwrap_model
-from .mask_io import MASKS_NAME, save_masks
 
 logger = logging.get_logger(__name__)
 
@@ -83,8 +84,8 @@ class MaskEnforcer:
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]):
-        model = unwrap_model(model)
         check_supported_model(model)
+        model = unwrap_model(model)
         params = dict(model.named_parameters())
         unknown = sorted(set(masks) - set(params))
         if unknown:
@@ -102,14 +103,6 @@ class MaskEnforcer:
                 )
             self._keep.append((name, p, mask.to(device=p.device, dtype=torch.bool).byte()))
         self._hooks: list = []
-        self._optimizer: torch.optim.Optimizer | None = None
-
-    @torch.no_grad()
-    def mask_gradients(self) -> None:
-        """Zero `.grad` at pruned positions, in place (the gradient hooks already do this)."""
-        for _, p, keep in self._keep:
-            if p.grad is not None:
-                p.grad.mul_(keep)
 
     @torch.no_grad()
     def apply(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -128,15 +121,15 @@ class MaskEnforcer:
             if p.requires_grad:
                 self._hooks.append(p.register_hook(_gradient_mask_hook(keep)))
         if optimizer is not None:
-            self._optimizer = unwrap_optimizer(optimizer)
-            self._hooks.append(self._optimizer.register_step_post_hook(self._after_step))
+            optimizer = unwrap_optimizer(optimizer)
+            self._hooks.append(optimizer.register_step_post_hook(self._after_step))
         return self
 
     def detach(self) -> None:
         """Remove every hook registered by `attach`."""
         for handle in self._hooks:
             handle.remove()
-        self._hooks, self._optimizer = [], None
+        self._hooks = []
 
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:

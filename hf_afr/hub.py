@@ -10,30 +10,24 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
+import torch
 from huggingface_hub import CommitInfo, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RevisionNotFoundError
-from transformers.utils import logging
+from torch import nn
 
-from .compact import CHECKPOINT_FORMATS, COMPACT_WEIGHTS_NAME, DENSE_WEIGHT_PATTERNS
-from .mask_io import MASKS_NAME
-from .model_card import MODEL_CARD_NAME
-
-if TYPE_CHECKING:
-    from .pruner import AFRPruner
-
-logger = logging.get_logger(__name__)
-
-# Files of the other format that must not stay in the repository after a push.
-_STALE = {
-    "dense": [COMPACT_WEIGHTS_NAME],
-    "compact": [*DENSE_WEIGHT_PATTERNS, MASKS_NAME],
-}
+from .checkpoint.formats import MODEL_CARD_NAME, check_format, other_format_files
+from .checkpoint.save import save_pruned_checkpoint
+from .config import PrunerConfig
+from .report import SparsityReport
 
 
 def push_to_hub(
-    pruner: AFRPruner,
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    pruner_config: PrunerConfig,
     repo_id: str,
     *,
     checkpoint_format: str = "dense",
@@ -52,7 +46,9 @@ def push_to_hub(
     formats. Nothing local is modified.
 
     Args:
-        pruner (`AFRPruner`): a pruner whose masks are set.
+        model (`nn.Module`): the pruned model.
+        masks (`dict[str, Tensor]`): its masks (True = kept).
+        pruner_config (`PrunerConfig`): the configuration the masks were selected with.
         repo_id (`str`): `"namespace/name"` on the Hub.
         checkpoint_format (`str`, defaults to `"dense"`): `"dense"` or `"compact"`.
         commit_message (`str`, *optional*): defaults to a summary of method and sparsity.
@@ -69,20 +65,17 @@ def push_to_hub(
     Raises:
         OSError: if the Hub refuses the upload (the message says why; local files are untouched).
     """
-    if checkpoint_format not in CHECKPOINT_FORMATS:
-        raise ValueError(
-            f"`checkpoint_format` must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}."
-        )
-    if not pruner.masks:
+    check_format(checkpoint_format)
+    if not masks:
         raise ValueError("Nothing pruned yet: call `pruner.prune(batches)` before pushing.")
     api = HfApi()
     repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
     card_kwargs.setdefault("repo_id", repo_id)
     card_kwargs.setdefault("model_name", repo_id.split("/")[-1])
-    report = pruner.sparsity_report()
+    report = SparsityReport.from_masks(dict(masks))
     commit_message = commit_message or (
-        f"Upload {pruner.config.method} {report.sparsity:.1%} sparse ViT ({checkpoint_format} "
-        "checkpoint, hf_afr)"
+        f"Upload {pruner_config.method} {report.sparsity:.1%} sparse {type(model).__name__} "
+        f"({checkpoint_format} checkpoint, hf_afr)"
     )
     with tempfile.TemporaryDirectory(prefix="hf_afr-push-") as workdir:
         folder = os.path.join(workdir, "upload")
@@ -90,11 +83,14 @@ def push_to_hub(
         existing = _download_readme(api, repo_id, revision, token, os.path.join(workdir, "cache"))
         if existing is not None:
             shutil.copyfile(existing, os.path.join(folder, MODEL_CARD_NAME))
-        pruner.save_pretrained(
+        save_pruned_checkpoint(
             folder,
-            checkpoint_format,
+            model,
+            masks,
+            pruner_config,
+            checkpoint_format=checkpoint_format,
             image_processor=image_processor,
-            model_card_kwargs=card_kwargs,
+            card_kwargs=card_kwargs,
         )
         try:
             return api.upload_folder(
@@ -104,7 +100,7 @@ def push_to_hub(
                 token=token,
                 revision=revision,
                 create_pr=create_pr,
-                delete_patterns=_STALE[checkpoint_format],
+                delete_patterns=list(other_format_files(checkpoint_format)),
             )
         except HfHubHTTPError as err:
             raise OSError(

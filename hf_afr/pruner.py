@@ -12,17 +12,18 @@ from torch import nn
 from transformers import AutoConfig, ViTForImageClassification
 from transformers.utils import logging
 
-from .compact import (
-    CHECKPOINT_FORMATS,
-    COMPACT_WEIGHTS_NAME,
-    DENSE_WEIGHT_PATTERNS,
-    load_compact_masks,
-    save_compact_checkpoint,
-    staged_directory,
+from .checkpoint.card import create_model_card
+from .checkpoint.load import (
+    is_compact_config,
+    load_classifier,
+    load_image_processor,
+    load_pruning_state,
+    unmasked_weights,
 )
-from .config import PRUNER_CONFIG_NAME, PrunerConfig
+from .checkpoint.save import save_pruned_checkpoint
+from .config import PrunerConfig
 from .criteria import get_criterion
-from .mask_io import MASKS_NAME, load_masks, save_masks
+from .hub import push_to_hub
 from .masks import apply_masks, check_scores, select_masks
 from .report import SparsityReport
 from .targets import find_prunable_parameters
@@ -59,6 +60,8 @@ class AFRPruner:
         self.masks: dict[str, torch.Tensor] = {}
         # Hub id of the unpruned model, for model cards (set by `from_pretrained`).
         self.base_model: str | None = None
+        # The checkpoint's image processor, saved with the model (set by `from_pretrained`).
+        self.image_processor: Any | None = None
 
     @classmethod
     def from_pretrained(
@@ -91,14 +94,22 @@ class AFRPruner:
                 "checkpoints (model_type 'vit'), e.g. google/vit-base-patch16-224 or facebook/dino-vitb16."
             )
         _complete_label_kwargs(model_kwargs)
-        model_kwargs.setdefault("ignore_mismatched_sizes", True)
-        model = ViTForImageClassification.from_pretrained(name_or_path, **model_kwargs)
-        saved = _load_pruning_state(name_or_path, hub_kwargs)
-        pruner = cls(model, config if config is not None else saved[0])
-        if saved[1] is not None:
-            pruner.set_masks(saved[1])
-        if saved[0] is None and not os.path.isdir(name_or_path):
+        model = load_classifier(ViTForImageClassification, name_or_path, model_kwargs)
+        saved_config, saved_masks = load_pruning_state(
+            name_or_path, is_compact=is_compact_config(model_config), **hub_kwargs
+        )
+        pruner = cls(model, config if config is not None else saved_config)
+        if saved_masks is not None:
+            stray = unmasked_weights(model, saved_masks)
+            if stray:
+                logger.warning(
+                    f"{name_or_path}: {sum(stray.values())} weights are nonzero where the saved "
+                    f"masks prune them (in {', '.join(list(stray)[:3])}); the masks are applied."
+                )
+            pruner.set_masks(saved_masks)
+        if saved_config is None and not os.path.isdir(name_or_path):
             pruner.base_model = name_or_path
+        pruner.image_processor = load_image_processor(name_or_path, **hub_kwargs)
         return pruner
 
     def compute_scores(
@@ -181,7 +192,7 @@ class AFRPruner:
         model_card_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Save the pruned model, its pruning config, masks and model card into a folder.
+        """Save the pruned model, its pruning config, masks, image processor and model card.
 
         Every file is written to a staging folder first and then moved in place, weights before
         `config.json`: an interrupted save leaves the folder as it was.
@@ -194,63 +205,30 @@ class AFRPruner:
                 - `"compact"`: `model.compact.safetensors`, pruned tensors as encoded mask + kept
                   values (about 10x smaller at 90% sparsity); loads with
                   `AutoModelForImageClassification.from_pretrained` after `import hf_afr`.
-            image_processor (*optional*): saved alongside (e.g. a `ViTImageProcessor`), so that
-                `pipeline("image-classification", model=save_directory)` works.
+            image_processor (*optional*): saved alongside, so that
+                `pipeline("image-classification", model=save_directory)` works. Defaults to the
+                processor `from_pretrained` found with the base checkpoint.
             model_card (`bool`, defaults to `True`): write README.md and the per-layer density plot;
                 an existing README.md is updated, not replaced.
             model_card_kwargs (`dict`, *optional*): passed to `create_model_card` (`base_model`,
-                `datasets`, `accuracy`, `eval_dataset`, `command`, ...).
+                `datasets`, `accuracy`, `eval_dataset`, `command`, `training`, ...).
             kwargs: passed to `model.save_pretrained` (dense format only, e.g. `max_shard_size`).
         """
-        if checkpoint_format not in CHECKPOINT_FORMATS:
-            raise ValueError(
-                f"`checkpoint_format` must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}."
-            )
-        if kwargs.get("push_to_hub"):
-            raise ValueError("Use `AFRPruner.push_to_hub(repo_id, ...)` to upload a pruned model.")
-        if checkpoint_format == "compact" and kwargs:
-            raise ValueError(f"Options {sorted(kwargs)} only apply to the dense checkpoint format.")
-        if checkpoint_format == "compact" and not self.masks:
-            raise ValueError("A compact checkpoint stores the masks: call `prune(batches)` first.")
-        save_directory = os.fspath(save_directory)
-        stale = (
-            DENSE_WEIGHT_PATTERNS + (MASKS_NAME,)
-            if checkpoint_format == "compact"
-            else (COMPACT_WEIGHTS_NAME,)
+        card_kwargs = dict(model_card_kwargs or {})
+        card_kwargs.setdefault("base_model", self.base_model)
+        save_pruned_checkpoint(
+            save_directory,
+            self.model,
+            self.masks,
+            self.config,
+            checkpoint_format=checkpoint_format,
+            image_processor=image_processor
+            if image_processor is not None
+            else self.image_processor,
+            model_card=model_card,
+            card_kwargs=card_kwargs,
+            **kwargs,
         )
-        with staged_directory(save_directory, stale=stale) as staging:
-            weights = self._save_weights(staging, checkpoint_format, **kwargs)
-            self.config.save_pretrained(staging)
-            if image_processor is not None:
-                image_processor.save_pretrained(staging)
-            if model_card and self.masks:
-                self._save_model_card(
-                    staging, save_directory, checkpoint_format, weights, model_card_kwargs or {}
-                )
-
-    def _save_weights(self, folder: str, checkpoint_format: str, **kwargs: Any) -> str:
-        """Write the weights (and, for dense, the masks sidecar); returns the weights file."""
-        if checkpoint_format == "compact":
-            save_compact_checkpoint(self.model, self.masks, folder)
-            return os.path.join(folder, COMPACT_WEIGHTS_NAME)
-        self.model.save_pretrained(folder, **kwargs)
-        if self.masks:
-            save_masks(self.masks, os.path.join(folder, MASKS_NAME))
-        return os.path.join(folder, "model.safetensors")
-
-    def _save_model_card(
-        self, folder: str, save_directory: str, checkpoint_format: str, weights: str, kwargs: dict
-    ) -> None:
-        from .model_card import MODEL_CARD_NAME, save_model_card
-
-        kwargs = dict(kwargs)
-        if not kwargs.get("repo_id"):
-            kwargs.setdefault("model_name", os.path.basename(os.path.abspath(save_directory)))
-        if os.path.isfile(weights):
-            kwargs.setdefault("weights_size", os.path.getsize(weights))
-        card = self.create_model_card(checkpoint_format, **kwargs)
-        existing = os.path.join(save_directory, MODEL_CARD_NAME)
-        save_model_card(card, folder, self.masks, existing=existing)
 
     def create_model_card(self, checkpoint_format: str = "dense", **kwargs: Any):
         """The `huggingface_hub.ModelCard` of the pruned model (see `hf_afr.model_card`).
@@ -260,8 +238,6 @@ class AFRPruner:
             kwargs: passed to `hf_afr.model_card.create_model_card` (`repo_id`, `base_model`,
                 `datasets`, `accuracy`, `eval_dataset`, `eval_split`, `license`, `tags`, `command`).
         """
-        from .model_card import create_model_card
-
         kwargs.setdefault("base_model", self.base_model)
         return create_model_card(
             self.config, self.masks, checkpoint_format=checkpoint_format, **kwargs
@@ -286,10 +262,11 @@ class AFRPruner:
             >>> pruner.push_to_hub("me/vit-b16-afr90", checkpoint_format="compact", datasets="cifar10")
             ```
         """
-        from .hub import push_to_hub
-
+        card_kwargs.setdefault("base_model", self.base_model)
         return push_to_hub(
-            self,
+            self.model,
+            self.masks,
+            self.config,
             repo_id,
             checkpoint_format=checkpoint_format,
             commit_message=commit_message,
@@ -297,7 +274,9 @@ class AFRPruner:
             token=token,
             revision=revision,
             create_pr=create_pr,
-            image_processor=image_processor,
+            image_processor=image_processor
+            if image_processor is not None
+            else self.image_processor,
             **card_kwargs,
         )
 
@@ -312,36 +291,3 @@ def _complete_label_kwargs(kwargs: dict[str, Any]) -> None:
             raise ValueError(
                 f"num_labels={kwargs['num_labels']} but id2label has {len(id2label)} entries."
             )
-
-
-def _load_pruning_state(name_or_path: str, hub_kwargs: dict[str, Any]):
-    """(PrunerConfig, masks) saved beside a checkpoint, or (None, None) if it has none.
-
-    The masks come from the sidecar of a dense checkpoint or from a compact checkpoint's weights.
-    """
-    config_file = _optional_file(name_or_path, PRUNER_CONFIG_NAME, hub_kwargs)
-    if config_file is None:
-        return None, None
-    masks_file = _optional_file(name_or_path, MASKS_NAME, hub_kwargs)
-    if masks_file is not None:
-        masks = load_masks(masks_file)
-    else:
-        compact_file = _optional_file(name_or_path, COMPACT_WEIGHTS_NAME, hub_kwargs)
-        masks = load_compact_masks(compact_file) if compact_file else None
-    return PrunerConfig.from_pretrained(config_file), masks
-
-
-def _optional_file(name_or_path: str, filename: str, hub_kwargs: dict[str, Any]) -> str | None:
-    if os.path.isdir(name_or_path):
-        path = os.path.join(name_or_path, filename)
-        return path if os.path.isfile(path) else None
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.utils import EntryNotFoundError
-
-    try:
-        return hf_hub_download(name_or_path, filename, **hub_kwargs)
-    except EntryNotFoundError:
-        return None
-    except Exception:
-        cached = try_to_load_from_cache(name_or_path, filename, revision=hub_kwargs.get("revision"))
-        return cached if isinstance(cached, str) else None

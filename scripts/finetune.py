@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prune a pretrained ViT with SNIP / ReFer / AFR, then fine-tune it sparse with `Trainer`.
+"""Prune a pretrained vision transformer with SNIP / ReFer / AFR, then fine-tune it sparse with `Trainer`.
 
 Shaped like transformers' `examples/pytorch/image-classification/run_image_classification.py`.
 The pruned weights stay exactly zero through training (gradients, weights and optimizer state
@@ -11,54 +11,67 @@ Examples:
         --output_dir vit-afr90-cifar10 --do_train --do_eval --learning_rate 2e-5
     accelerate launch scripts/finetune.py ...        # one or several GPUs
     torchrun --nproc_per_node 2 scripts/finetune.py ...  # several CPU processes (gloo)
-    python scripts/finetune.py args.json             # all arguments from a file
+    python scripts/finetune.py args.json --output_dir other  # a .json/.yaml file, then overrides
 
 Masks: scored on `--num_batches` seeded batches of the training set (evaluation transforms),
 split over the processes with the gradients summed, so every process count gives the masks of
 one process. A checkpoint already pruned by hf_afr keeps its masks (no scoring; `--skip_pruning`
 makes that a requirement); `--resume_from_checkpoint` reuses the masks saved in the checkpoint.
+Errors are one line (`--debug` shows the traceback).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
-from transformers import AutoImageProcessor, Trainer, set_seed
+from transformers import AutoImageProcessor, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging
 
-from hf_afr.distributed import check_supported_training_args
-from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
-from hf_afr.training import (
-    ImageTransform,
+from hf_afr._scripts.arguments import (
+    DataTrainingArguments,
+    ModelArguments,
+    PruningArguments,
+    parse_arguments,
+    pruner_config,
+)
+from hf_afr._scripts.data import label_maps, load_image_dataset, prepare_splits
+from hf_afr._scripts.results import (
     accuracy_metric_fn,
-    card_kwargs,
-    collate_fn,
-    label_maps,
     load_accuracy_metric,
-    load_image_dataset,
-    load_pruner,
-    parse_script_args,
-    prepare_splits,
     push_pruned_model,
+    training_settings,
+)
+from hf_afr._scripts.runner import run_script
+from hf_afr._scripts.steps import (
+    card_details,
+    describe_masks,
+    freeze_unused_parameters,
+    load_pruner,
     resolve_resume_checkpoint,
-    save_pruned_model,
     score_and_prune,
     setup_logging,
     weight_sparsity_report,
 )
+from hf_afr._scripts.transforms import ImageTransform, collate_fn, undecoded
+from hf_afr.checkpoint.load import quiet_transformers
+from hf_afr.distributed import check_supported_training_args
+from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
 
-logger = logging.get_logger("hf_afr.finetune")
+logger = logging.get_logger("hf_afr.scripts")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    model_args, data_args, pruner_config, training_args = parse_script_args(argv)
-    setup_logging(training_args)
-    logger.warning(
-        f"Process rank: {training_args.process_index}, device: {training_args.device}, "
-        f"world size: {training_args.world_size}, bf16: {training_args.bf16}, "
-        f"fp16: {training_args.fp16}"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    arguments = (ModelArguments, DataTrainingArguments, PruningArguments, TrainingArguments)
+    model_args, data_args, pruning_args, training_args = parse_arguments(
+        arguments, argv, prog="finetune.py"
     )
+    config = pruner_config(pruning_args, training_args)
+    setup_logging(training_args.log_level, training_args.should_log, not training_args.disable_tqdm)
     check_supported_training_args(training_args)
+    if training_args.world_size > 1:
+        logger.info(f"world size: {training_args.world_size}, device: {training_args.device}.")
     # The transforms read the raw image column. The pruner pushes once at the end: the Trainer
     # neither pushes nor keeps the token (it would pickle it into training_args.bin).
     training_args.remove_unused_columns = False
@@ -71,30 +84,47 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         dataset = load_image_dataset(data_args, model_args.cache_dir, hub_token)
         dataset = prepare_splits(dataset, data_args, training_args.seed, training_args.do_eval)
     label2id, id2label = label_maps(dataset["train"], data_args.label_column_name)
-    checkpoint = resolve_resume_checkpoint(training_args)
+    resume = training_args.resume_from_checkpoint if training_args.do_train else None
+    checkpoint = resolve_resume_checkpoint(resume, training_args.output_dir)
 
     # Step 2: model, image processor and transforms.
-    image_processor = AutoImageProcessor.from_pretrained(
-        model_args.image_processor_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-    )
+    pruner = load_pruner(model_args, config, id2label, checkpoint)
+    image_processor = pruner.image_processor
+    if model_args.image_processor_name or image_processor is None:
+        with quiet_transformers():
+            image_processor = AutoImageProcessor.from_pretrained(
+                model_args.image_processor_name or model_args.model_name_or_path,
+                cache_dir=model_args.cache_dir,
+                revision=model_args.model_revision,
+            )
+        pruner.image_processor = image_processor
     columns = (data_args.image_column_name, data_args.label_column_name)
     train_transform = ImageTransform(image_processor, *columns, augment=True)
     eval_transform = ImageTransform(image_processor, *columns)
-    pruner = load_pruner(model_args, pruner_config, id2label, checkpoint)
-    logger.info(f"Weight sparsity before pruning: {weight_sparsity_report(pruner).sparsity:.2%}")
+    for split in dataset:
+        dataset[split] = undecoded(dataset[split], data_args.image_column_name)
 
     # Step 3: score and prune (unless the masks are reused).
     if not pruner.masks:
         batch_size = data_args.scoring_batch_size or training_args.per_device_train_batch_size
-        score_and_prune(pruner, dataset["train"], eval_transform, batch_size, training_args)
-    logger.info(f"Pruning masks ({pruner.config.method}):\n{pruner.sparsity_report()}")
+        score_and_prune(
+            pruner,
+            dataset["train"],
+            eval_transform,
+            batch_size,
+            training_args.device,
+            show_progress=training_args.should_log and not training_args.disable_tqdm,
+        )
+    logger.info(describe_masks(pruner))
 
     # Step 4: sparse fine-tuning; the callback keeps the masks exact and saves them.
     dataset["train"].set_transform(train_transform)
     if "validation" in dataset:
         dataset["validation"].set_transform(eval_transform)
+    if training_args.world_size > 1 and training_args.ddp_find_unused_parameters is None:
+        # DDP then needs no search for unused parameters at every step.
+        freeze_unused_parameters(pruner.model, collate_fn([dataset["train"][0]]))
+        training_args.ddp_find_unused_parameters = False
     metric = load_accuracy_metric(model_args.cache_dir) if training_args.do_eval else None
     trainer = Trainer(
         model=pruner.model,
@@ -121,21 +151,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     # Step 5: check the sparsity, save and push.
     MaskEnforcer(pruner.model, pruner.masks).verify()
-    measured = weight_sparsity_report(pruner)
-    logger.info(f"Weight sparsity after training:\n{measured}")
-    sparsity_metrics = {"mask_sparsity": pruner.sparsity_report().sparsity}
-    sparsity_metrics["weight_sparsity"] = measured.sparsity
+    sparsity_metrics = {
+        "mask_sparsity": pruner.sparsity_report().sparsity,
+        "weight_sparsity": weight_sparsity_report(pruner).sparsity,
+    }
     trainer.save_metrics("pruning", sparsity_metrics)
     if training_args.should_save:
-        card = card_kwargs("finetune.py", argv, data_args, metrics.get("eval_accuracy"))
+        card = card_details(
+            "finetune.py",
+            argv,
+            data_args.dataset_name,
+            model_args.model_name_or_path,
+            training_settings(training_args, len(dataset["train"]))
+            if training_args.do_train
+            else None,
+            metrics.get("eval_accuracy"),
+        )
         fmt = model_args.checkpoint_format
-        save_pruned_model(pruner, image_processor, training_args.output_dir, fmt, card)
-        logger.info(f"Saved the pruned model to {training_args.output_dir}.")
+        pruner.save_pretrained(training_args.output_dir, fmt, model_card_kwargs=card)
+        logger.info(f"Saved the pruned model and its model card to {training_args.output_dir}.")
         if push_to_hub:
-            message = "Pruned and fine-tuned with hf_afr"
-            push_pruned_model(pruner, image_processor, training_args, fmt, message, card, hub_token)
+            push_pruned_model(
+                pruner,
+                training_args.hub_model_id,
+                training_args.output_dir,
+                fmt,
+                "Pruned and fine-tuned with hf_afr",
+                card,
+                token=hub_token,
+                private=training_args.hub_private_repo,
+            )
     return {**metrics, **sparsity_metrics}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script("finetune.py", main))

@@ -1,84 +1,116 @@
 #!/usr/bin/env python
-"""Score and prune a pretrained ViT with SNIP / ReFer / AFR, print the sparsity table, save.
+"""Score and prune a pretrained vision transformer with SNIP / ReFer / AFR, print the sparsity table, save.
 
-No training: the same arguments as `scripts/finetune.py` (the training ones are ignored but
-`--seed`, `--per_device_train_batch_size`, `--output_dir` and the Hub options apply). The saved
+No training, so no training options: the model, data and pruning arguments of
+`scripts/finetune.py`, plus `--output_dir`, `--seed`, `--use_cpu` and the Hub options. The saved
 folder is a standard transformers checkpoint plus `pruner_config.json` and the masks; fine-tune
 it later with `scripts/finetune.py --model_name_or_path <output_dir>`.
 
 Examples:
     python scripts/prune.py --model_name_or_path google/vit-base-patch16-224 \\
         --dataset_name cifar10 --image_column_name img --method afr --sparsity 0.9 \\
-        --num_batches 8 --output_dir vit-afr90
+        --num_batches 8 --scoring_batch_size 32 --output_dir vit-afr90
     torchrun --nproc_per_node 2 scripts/prune.py ...  # scoring batches split over processes
+
+Errors are one line (`--debug` shows the traceback).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 
+from accelerate import PartialState
 from transformers import AutoImageProcessor, set_seed
 from transformers.utils import logging
 
-from hf_afr.distributed import check_supported_training_args
-from hf_afr.io_utils import atomic_write_text
-from hf_afr.training import (
-    ImageTransform,
-    card_kwargs,
-    label_maps,
-    load_image_dataset,
+from hf_afr._scripts.arguments import (
+    DataTrainingArguments,
+    ModelArguments,
+    PruneArguments,
+    PruningArguments,
+    parse_arguments,
+    pruner_config,
+)
+from hf_afr._scripts.data import label_maps, load_image_dataset, prepare_splits
+from hf_afr._scripts.results import push_pruned_model
+from hf_afr._scripts.runner import run_script
+from hf_afr._scripts.steps import (
+    card_details,
+    describe_masks,
     load_pruner,
-    parse_script_args,
-    prepare_splits,
-    push_pruned_model,
-    save_pruned_model,
     score_and_prune,
     setup_logging,
 )
+from hf_afr._scripts.transforms import ImageTransform, undecoded
+from hf_afr.checkpoint.load import quiet_transformers
+from hf_afr.files import atomic_write_text
 
-logger = logging.get_logger("hf_afr.prune")
+logger = logging.get_logger("hf_afr.scripts")
+
+DEFAULT_SCORING_BATCH_SIZE = 8
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    model_args, data_args, pruner_config, training_args = parse_script_args(argv)
-    setup_logging(training_args)
-    check_supported_training_args(training_args)
-    set_seed(training_args.seed)
-
-    with training_args.main_process_first(desc="loading the dataset"):  # one cache writer
-        dataset = load_image_dataset(data_args, model_args.cache_dir, training_args.hub_token)
-        dataset = prepare_splits(dataset, data_args, training_args.seed, need_validation=False)
-    _, id2label = label_maps(dataset["train"], data_args.label_column_name)
-    image_processor = AutoImageProcessor.from_pretrained(
-        model_args.image_processor_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
+    argv = list(sys.argv[1:] if argv is None else argv)
+    arguments = (ModelArguments, DataTrainingArguments, PruningArguments, PruneArguments)
+    model_args, data_args, pruning_args, run_args = parse_arguments(
+        arguments, argv, prog="prune.py"
     )
+    config = pruner_config(pruning_args, run_args)
+    state = PartialState(cpu=run_args.use_cpu)
+    setup_logging(run_args.log_level, state.is_main_process, not run_args.disable_tqdm)
+    set_seed(run_args.seed)
+
+    with state.main_process_first():  # one cache writer
+        dataset = load_image_dataset(data_args, model_args.cache_dir, run_args.hub_token)
+        dataset = prepare_splits(dataset, data_args, run_args.seed, need_validation=False)
+    _, id2label = label_maps(dataset["train"], data_args.label_column_name)
+    pruner = load_pruner(model_args, config, id2label)
+    image_processor = pruner.image_processor
+    if model_args.image_processor_name or image_processor is None:
+        with quiet_transformers():
+            image_processor = AutoImageProcessor.from_pretrained(
+                model_args.image_processor_name or model_args.model_name_or_path,
+                cache_dir=model_args.cache_dir,
+                revision=model_args.model_revision,
+            )
+        pruner.image_processor = image_processor
     transform = ImageTransform(
         image_processor, data_args.image_column_name, data_args.label_column_name
     )
-    pruner = load_pruner(model_args, pruner_config, id2label)
     if not pruner.masks:
-        batch_size = data_args.scoring_batch_size or training_args.per_device_train_batch_size
-        score_and_prune(pruner, dataset["train"], transform, batch_size, training_args)
+        train = undecoded(dataset["train"], data_args.image_column_name)
+        batch_size = data_args.scoring_batch_size or DEFAULT_SCORING_BATCH_SIZE
+        show_progress = state.is_main_process and not run_args.disable_tqdm
+        score_and_prune(pruner, train, transform, batch_size, state.device, show_progress)
+    logger.info(describe_masks(pruner))
 
     report = pruner.sparsity_report()
     results = {"mask_sparsity": report.sparsity, "method": pruner.config.method, **report.to_dict()}
-    if training_args.should_save:
+    if state.is_main_process:
         print(report)
-        card = card_kwargs("prune.py", argv, data_args)
+        card = card_details("prune.py", argv, data_args.dataset_name, model_args.model_name_or_path)
         fmt = model_args.checkpoint_format
-        save_pruned_model(pruner, image_processor, training_args.output_dir, fmt, card)
-        path = os.path.join(training_args.output_dir, "pruning_results.json")
+        pruner.save_pretrained(run_args.output_dir, fmt, model_card_kwargs=card)
+        path = os.path.join(run_args.output_dir, "pruning_results.json")
         atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
-        logger.info(f"Saved the pruned model to {training_args.output_dir}.")
-        if training_args.push_to_hub:
-            message = f"Pruned with hf_afr ({pruner.config.method})"
-            push_pruned_model(pruner, image_processor, training_args, fmt, message, card)
+        logger.info(f"Saved the pruned model and its model card to {run_args.output_dir}.")
+        if run_args.push_to_hub:
+            push_pruned_model(
+                pruner,
+                run_args.hub_model_id,
+                run_args.output_dir,
+                fmt,
+                f"Pruned with hf_afr ({pruner.config.method})",
+                card,
+                token=run_args.hub_token,
+                private=run_args.hub_private_repo,
+            )
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script("prune.py", main))

@@ -19,18 +19,12 @@ from safetensors.torch import save_file
 from transformers import AutoModelForImageClassification, ViTForImageClassification
 
 from hf_afr import AFRPruner, PrunerConfig
-from hf_afr import compact as compact_module
+from hf_afr.checkpoint import compact as compact_module
+from hf_afr.checkpoint.codec import decode_mask, encode_mask
+from hf_afr.checkpoint.compact import PLAIN_LOAD_GUARD, read_compact_header, read_compact_weights
+from hf_afr.checkpoint.formats import COMPACT_WEIGHTS_NAME
+from hf_afr.checkpoint.masks_file import MASKS_NAME
 from hf_afr.cli import main
-from hf_afr.compact import (
-    COMPACT_WEIGHTS_NAME,
-    PLAIN_LOAD_GUARD,
-    decode_mask,
-    encode_mask,
-    load_compact_masks,
-    load_compact_weights,
-    read_compact_header,
-)
-from hf_afr.mask_io import MASKS_NAME
 
 KEPT_ZERO = "vit.layers.0.mlp.fc1.weight"
 
@@ -196,7 +190,7 @@ def test_plain_transformers_refuses_a_compact_checkpoint(compact_dir):
         "    try:\n"
         "        load()\n"
         "    except Exception as err:\n"
-        "        assert 'pip install hf_afr' in str(err), err\n"
+        "        assert 'install hf_afr from its repository' in str(err), err\n"
         "        print('refused:', type(err).__name__)\n"
         "    else:\n"
         "        raise SystemExit('loaded a compact checkpoint without hf_afr')\n"
@@ -220,7 +214,7 @@ def test_plain_transformers_refuses_a_compact_checkpoint(compact_dir):
 
 
 def test_loader_refuses_to_return_partially_decoded_models(compact_dir, monkeypatch):
-    from hf_afr.integration import AFRCompactQuantizer
+    from hf_afr.checkpoint.loader import AFRCompactQuantizer
 
     monkeypatch.setattr(AFRCompactQuantizer, "get_load_operations", lambda self: {})
     with pytest.raises(ValueError, match="0 of the 12 pruned tensors"):
@@ -312,7 +306,7 @@ def test_inconsistent_files_raise_clear_value_errors(compact_dir, tmp_path, edit
     weights = _copy_checkpoint(compact_dir, tmp_path / "ckpt")
     _rewrite(weights, edit)
     with pytest.raises(ValueError, match=message):
-        load_compact_weights(weights)
+        read_compact_weights(weights)
     with pytest.raises(ValueError, match=message):
         AutoModelForImageClassification.from_pretrained(weights.parent)
 
@@ -323,7 +317,7 @@ def test_truncated_file_raises_a_clear_value_error(compact_dir, tmp_path):
     for size in (len(data) - 100, 40, 3):
         weights.write_bytes(data[:size])
         with pytest.raises(ValueError, match="truncated"):
-            load_compact_masks(weights)
+            read_compact_weights(weights, load_values=False)
     with pytest.raises(ValueError, match="truncated"):
         AutoModelForImageClassification.from_pretrained(weights.parent)
 
@@ -387,8 +381,8 @@ def test_cli_converts_both_ways_losslessly(pruner, compact_dir, tmp_path, capsys
     )
     assert main(["compact", str(dense), str(tmp_path / "again")]) == 0
     again = tmp_path / "again"
-    state, masks, entries = load_compact_weights(again / COMPACT_WEIGHTS_NAME)
-    state0, masks0, entries0 = load_compact_weights(compact_dir / COMPACT_WEIGHTS_NAME)
+    state, masks, entries = read_compact_weights(again / COMPACT_WEIGHTS_NAME)
+    state0, masks0, entries0 = read_compact_weights(compact_dir / COMPACT_WEIGHTS_NAME)
     assert entries == entries0
     assert all(torch.equal(state[k], state0[k]) for k in state0) and state.keys() == state0.keys()
     assert all(torch.equal(masks[k], masks0[k]) for k in masks0)

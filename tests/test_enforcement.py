@@ -10,13 +10,13 @@ from conftest import tiny_vit_config
 from transformers import ViTForImageClassification
 
 from hf_afr import PrunerConfig, apply_masks, find_prunable_parameters
+from hf_afr.checkpoint.masks_file import MASKS_NAME, load_masks
 from hf_afr.enforcement import (
     MaskEnforcer,
     PruningMaskCallback,
     SparsityViolationError,
     enforce_masks,
 )
-from hf_afr.mask_io import MASKS_NAME, load_masks
 
 
 def pruned_model(sparsity: float = 0.8, seed: int = 0):

@@ -17,14 +17,16 @@ from PIL import Image
 from transformers import Trainer, ViTForImageClassification
 
 from hf_afr import AFRPruner
-from hf_afr.mask_io import MASKS_NAME, load_masks
-from hf_afr.training import to_rgb, validate_split
+from hf_afr._scripts.data import validate_split
+from hf_afr._scripts.transforms import to_rgb
+from hf_afr.checkpoint.masks_file import MASKS_NAME, load_masks
 
 finetune = load_script("finetune")
 prune = load_script("prune")
 
 
 def common_args(model_dir, out, tmp_path, *extra) -> list[str]:
+    """Options of both scripts."""
     return [
         "--model_name_or_path", str(model_dir),
         "--output_dir", str(out),
@@ -33,12 +35,15 @@ def common_args(model_dir, out, tmp_path, *extra) -> list[str]:
         "--sparsity", "0.8",
         "--min_density", "0.05",
         "--num_batches", "2",
-        "--per_device_train_batch_size", "4",
+        "--scoring_batch_size", "4",
         "--use_cpu",
-        "--report_to", "none",
         "--disable_tqdm", "true",
         *map(str, extra),
     ]  # fmt: skip
+
+
+# Options of the training script only.
+TRAINING = ["--per_device_train_batch_size", "4", "--report_to", "none"]
 
 
 def folder_args(images: Path) -> list[str]:
@@ -48,7 +53,7 @@ def folder_args(images: Path) -> list[str]:
 def finetune_args(model_dir, images, out, tmp_path, *extra) -> list[str]:
     return common_args(
         model_dir, out, tmp_path,
-        *folder_args(images),
+        *folder_args(images), *TRAINING,
         "--do_train", "--do_eval",
         "--gradient_accumulation_steps", "2",
         "--max_steps", "4",
@@ -152,7 +157,9 @@ def test_already_pruned_checkpoint_is_reused(tiny_vit_dir, image_folder, tmp_pat
     assert_pruned_weights_zero(pruned, masks)
 
     out = tmp_path / "out"
-    args = common_args(pruned, out, tmp_path, *folder_args(image_folder), "--skip_pruning")
+    args = common_args(
+        pruned, out, tmp_path, *folder_args(image_folder), *TRAINING, "--skip_pruning"
+    )
     finetune.main([*args, "--do_train", "--max_steps", "1", "--sparsity", "0.3"])
     reused = load_masks(out / MASKS_NAME)
     assert all(torch.equal(reused[name], masks[name]) for name in masks)
@@ -235,13 +242,15 @@ def test_bad_inputs_fail_before_any_output(kind, error, tiny_vit_dir, image_fold
         data = bad_dataset(tmp_path, kind)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=error):
-        finetune.main(common_args(tiny_vit_dir, out, tmp_path, *data, *extra))
+        finetune.main(common_args(tiny_vit_dir, out, tmp_path, *data, *TRAINING, *extra))
     assert not out.exists()
 
 
 def test_unparsable_sparsity_is_an_argument_error(tiny_vit_dir, image_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    args = common_args(tiny_vit_dir, out, tmp_path, *folder_args(image_folder), "--sparsity", "abc")
+    args = common_args(
+        tiny_vit_dir, out, tmp_path, *folder_args(image_folder), *TRAINING, "--sparsity", "abc"
+    )
     with pytest.raises(SystemExit):
         finetune.main(args)
     assert "--sparsity: invalid float value: 'abc'" in capsys.readouterr().err
@@ -252,7 +261,9 @@ def test_resume_from_checkpoint_without_masks_is_refused(tiny_vit_dir, image_fol
     foreign = tmp_path / "checkpoint-3"
     foreign.mkdir()
     out = tmp_path / "out"
-    args = common_args(tiny_vit_dir, out, tmp_path, *folder_args(image_folder), "--do_train")
+    args = common_args(
+        tiny_vit_dir, out, tmp_path, *folder_args(image_folder), *TRAINING, "--do_train"
+    )
     with pytest.raises(ValueError, match="has no pruning_masks.safetensors"):
         finetune.main([*args, "--resume_from_checkpoint", str(foreign)])
     assert not out.exists()
@@ -285,7 +296,7 @@ def test_torchrun_two_processes_match_one_process(tiny_vit_dir, tmp_path):
 
     multi = tmp_path / "multi"
     script = REPO_ROOT / "scripts" / "finetune.py"
-    args = common_args(tiny_vit_dir, multi, tmp_path, *folder_args(images))
+    args = common_args(tiny_vit_dir, multi, tmp_path, *folder_args(images), *TRAINING)
     args += ["--do_train", "--max_steps", "2", "--save_steps", "1", "--weight_decay", "0.1"]
     command = [
         sys.executable,
@@ -316,7 +327,7 @@ def test_push_to_hub_is_one_pruner_push_without_the_token(
         lambda self, repo_id, **kwargs: calls.append((repo_id, kwargs)),
     )
     out = tmp_path / "out"
-    args = common_args(tiny_vit_dir, out, tmp_path, *folder_args(image_folder))
+    args = common_args(tiny_vit_dir, out, tmp_path, *folder_args(image_folder), *TRAINING)
     args += ["--push_to_hub", "--hub_model_id", "me/tiny-afr", "--hub_token", "hf_secret123"]
     finetune.main([*args, "--do_train", "--do_eval", "--max_steps", "1"])
     ((repo_id, kwargs),) = calls

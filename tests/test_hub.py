@@ -19,8 +19,8 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, ViTImageProcessorPil, pipeline
 
 from hf_afr import AFRPruner, PrunerConfig
-from hf_afr.compact import COMPACT_WEIGHTS_NAME
-from hf_afr.mask_io import MASKS_NAME
+from hf_afr.checkpoint.formats import COMPACT_WEIGHTS_NAME
+from hf_afr.checkpoint.masks_file import MASKS_NAME
 
 FIXTURE_TOKEN = "hf_fixture_token_not_a_secret"
 

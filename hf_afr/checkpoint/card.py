@@ -1,9 +1,11 @@
 """Model cards for pruned checkpoints: Hub metadata, sparsity table, per-layer density plot.
 
-The card is rendered from `model_cards/pruned_model_card.md` (a Jinja template, shipped inside the
-package as `hf_afr/model_cards/pruned_model_card.md`) with `huggingface_hub.ModelCard`. The part
-hf_afr writes sits between two HTML comments, so re-saving into a folder whose README.md was
-edited by hand updates that part and the metadata and keeps everything else.
+The card is rendered from the Jinja template `hf_afr/model_cards/pruned_model_card.md` (also
+reachable as `model_cards/pruned_model_card.md` at the top of the repository) with
+`huggingface_hub.ModelCard`. The part hf_afr writes sits between two HTML comments, so re-saving
+into a folder whose README.md was edited by hand updates that part and the metadata and keeps
+everything else. The loading code a card shows is the code that works for that folder: the
+`pipeline` line only where an image processor was saved.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .config import PrunerConfig
-from .io_utils import atomic_path, atomic_write_text
-from .report import SparsityReport
+from ..config import PrunerConfig
+from ..files import atomic_path, atomic_write_text
+from ..report import SparsityReport
+from ..version import __version__
+from .formats import DENSITY_PLOT_NAME, MODEL_CARD_NAME, check_format, weights_file
 
-MODEL_CARD_NAME = "README.md"
-DENSITY_PLOT_NAME = "sparsity_per_layer.png"
 TEMPLATE_NAME = "pruned_model_card.md"
-TEMPLATE_PATH = Path(__file__).resolve().parent / "model_cards" / TEMPLATE_NAME
+TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_cards" / TEMPLATE_NAME
 CARD_START = "<!-- hf_afr:card:start -->"
 CARD_END = "<!-- hf_afr:card:end -->"
 
@@ -71,6 +73,8 @@ def create_model_card(
     tags: list[str] | None = None,
     command: str | None = None,
     weights_size: int | None = None,
+    has_image_processor: bool = False,
+    training: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Render the model card of a pruned checkpoint.
 
@@ -81,7 +85,8 @@ def create_model_card(
             instructions and `library_name` (`transformers`, or `hf_afr` for compact).
         model_name (`str`, *optional*): title of the card; defaults to the repo name.
         repo_id (`str`, *optional*): Hub id used in the loading code (default: `model_name`).
-        base_model (`str`, *optional*): Hub id of the model that was pruned.
+        base_model (`str`, *optional*): the model that was pruned: a Hub id (then also in the
+            metadata) or a local path (named in the text only).
         datasets (`str` or `list[str]`, *optional*): Hub ids of the scoring / fine-tuning data.
         accuracy (`float`, *optional*): top-1 accuracy to report in `model-index`, as measured.
         eval_dataset (`str`, *optional*): dataset of `accuracy`; defaults to the first of `datasets`.
@@ -91,19 +96,18 @@ def create_model_card(
         command (`str`, *optional*): the command that produced the checkpoint (shell); defaults to
             the equivalent Python code. Never put a token in it.
         weights_size (`int`, *optional*): size in bytes of the weights file, shown in the card.
+        has_image_processor (`bool`, defaults to `False`): whether the folder holds an image
+            processor; only then does the card show `pipeline(...)` as the way to load it.
+        training (`dict`, *optional*): fine-tuning settings to list in the card (name -> value,
+            e.g. `{"epochs": 8, "learning rate": 0.001}`).
 
     Returns:
         `huggingface_hub.ModelCard`
     """
-    if checkpoint_format not in ("dense", "compact"):
-        raise ValueError(
-            f"`checkpoint_format` must be 'dense' or 'compact', got {checkpoint_format!r}."
-        )
+    check_format(checkpoint_format)
     if not masks:
         raise ValueError("The model card describes a pruned model: prune it (or load masks) first.")
-    from . import __version__
-    from .compact import COMPACT_WEIGHTS_NAME
-
+    hub_base_model = base_model if base_model and _is_hub_id(base_model) else None
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or []) or None
     model_name = model_name or (repo_id.split("/")[-1] if repo_id else "pruned-vit")
     report = SparsityReport.from_masks(dict(masks))
@@ -113,7 +117,7 @@ def create_model_card(
     card_data = ModelCardData(
         library_name="hf_afr" if checkpoint_format == "compact" else "transformers",
         pipeline_tag="image-classification",
-        base_model=base_model,
+        base_model=hub_base_model,
         datasets=datasets,
         license=license,
         language=language,
@@ -123,7 +127,9 @@ def create_model_card(
         model_name=model_name if eval_results else None,
     )
     if command is None:
-        command, language_tag = _python_reproduction(pruner_config, base_model, checkpoint_format)
+        command, language_tag = _python_reproduction(
+            pruner_config, hub_base_model or base_model, checkpoint_format
+        )
     else:
         language_tag = "bash"
     return ModelCard.from_template(
@@ -132,14 +138,13 @@ def create_model_card(
         model_name=model_name,
         load_id=repo_id or model_name,
         base_model=base_model,
+        base_model_url=f"https://huggingface.co/{hub_base_model}" if hub_base_model else None,
         sparsity=report.sparsity,
         method_title=title,
         method_description=description,
         hf_afr_version=__version__,
         checkpoint_format=checkpoint_format,
-        weights_file=COMPACT_WEIGHTS_NAME
-        if checkpoint_format == "compact"
-        else "model.safetensors",
+        weights_file=weights_file(checkpoint_format),
         weights_size=_human_size(weights_size) if weights_size is not None else "size not recorded",
         pruner_config_json=json.dumps(pruner_config.to_dict(), indent=2, sort_keys=True),
         reproduce_command=command,
@@ -147,8 +152,10 @@ def create_model_card(
         density_plot=DENSITY_PLOT_NAME,
         sparsity_table=report.to_markdown(),
         fully_pruned=report.fully_pruned,
+        has_image_processor=has_image_processor,
+        training_lines=[f"{key}: {value}" for key, value in (training or {}).items()],
         eval_lines=[
-            f"{r.metric_type}: {r.metric_value} ({r.dataset_name}"
+            f"{r.metric_name.lower()}: {r.metric_value:.2%} ({r.dataset_name}"
             + (f", {r.dataset_split} split)" if r.dataset_split else ")")
             for r in card_data.eval_results or []
         ],
@@ -252,7 +259,7 @@ def _eval_results(accuracy: float | None, dataset: str | None, split: str | None
             dataset_split=split,
             metric_type="accuracy",
             metric_name="Accuracy",
-            metric_value=float(accuracy),
+            metric_value=round(float(accuracy), 4),
         )
     ]
 
@@ -268,6 +275,11 @@ def _python_reproduction(config: PrunerConfig, base_model: str | None, fmt: str)
         f"pruner.save_pretrained('pruned-vit', checkpoint_format={fmt!r})",
         "python",
     )
+
+
+def _is_hub_id(name: str) -> bool:
+    """A Hub repository id ("org/name" or "name"), not a path that exists on this machine."""
+    return not os.path.exists(name) and not os.path.isabs(name) and name.count("/") <= 1
 
 
 def _section(text: str) -> str:
@@ -289,12 +301,13 @@ def _module_colour(name: str) -> str:
     return "#7f7f7f"
 
 
-def _human_size(n: int) -> str:
+def _human_size(n: float) -> str:
+    unit = "B"
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1024
-    return f"{n} B"
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def _as_list(value: Any) -> list:

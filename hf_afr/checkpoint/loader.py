@@ -29,18 +29,19 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from .codec import densify_tensor
 from .compact import (
+    COMPACT_FORMAT,
     COMPACT_FORMAT_VERSION,
     COMPACT_QUANT_METHOD,
-    COMPACT_WEIGHTS_NAME,
     MASK_SUFFIX,
     PLAIN_LOAD_GUARD,
     SHAPE_SUFFIX,
     SPARSE_SUFFIXES,
     VALUES_SUFFIX,
-    densify_tensor,
-    validate_compact_weights,
+    read_compact_weights,
 )
+from .formats import COMPACT_WEIGHTS_NAME
 
 logger = logging.get_logger(__name__)
 
@@ -62,11 +63,6 @@ else:
     _IMPORT_ERROR = None
 
 
-def is_compact_loading_available() -> bool:
-    """Whether `from_pretrained` can load compact checkpoints with the installed transformers."""
-    return _IMPORT_ERROR is None and COMPACT_QUANT_METHOD in AUTO_QUANTIZER_MAPPING
-
-
 if _IMPORT_ERROR is None:
 
     class AFRCompactConfig(QuantizationConfigMixin):
@@ -84,7 +80,7 @@ if _IMPORT_ERROR is None:
             **kwargs: Any,
         ):
             self.quant_method = COMPACT_QUANT_METHOD
-            self.format = kwargs.pop("format", "hf_afr.compact")
+            self.format = kwargs.pop("format", COMPACT_FORMAT)
             self.weights_file = weights_file
             self.format_version = format_version
             # The loaded model is dense: transformers then removes the quantization state.
@@ -178,7 +174,7 @@ if _IMPORT_ERROR is None:
                 raise ValueError(
                     f"A compact checkpoint has one weights file ({COMPACT_WEIGHTS_NAME}), got {files}."
                 )
-            entries = validate_compact_weights(files[0])
+            _, _, entries = read_compact_weights(files[0], load_values=False)
             params = model.state_dict()
             for entry in entries.values():
                 expected = params.get(entry.param)
@@ -231,6 +227,3 @@ def register() -> None:
         register_quantization_config(COMPACT_QUANT_METHOD)(AFRCompactConfig)
     if COMPACT_QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
         register_quantizer(COMPACT_QUANT_METHOD)(AFRCompactQuantizer)
-
-
-register()

@@ -1,4 +1,4 @@
-"""Masks on disk: one packed bitmask per tensor in a safetensors file (never pickle)."""
+"""The masks sidecar of dense checkpoints: one packed bitmask per tensor in safetensors (never pickle)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import os
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
-from .io_utils import atomic_path
+from ..files import atomic_path
+from .formats import MASKS_NAME
 
-MASKS_NAME = "pruning_masks.safetensors"
+__all__ = ["MASKS_NAME", "load_masks", "pack_mask", "save_masks", "unpack_mask"]
 
 
 def pack_mask(mask: torch.Tensor) -> np.ndarray:
@@ -42,8 +43,6 @@ def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
 
 def load_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read masks written by `save_masks`, validating every entry."""
-    from safetensors import safe_open
-
     try:
         with safe_open(os.fspath(path), framework="np") as f:
             metadata = f.metadata() or {}

@@ -1,0 +1,239 @@
+"""The steps the scripts share: logging, the pruner to work with, scoring and pruning."""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+from typing import Any
+
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from ..checkpoint.formats import MASKS_NAME
+from ..checkpoint.masks_file import load_masks
+from ..config import PrunerConfig
+from ..distributed import broadcast_masks
+from ..pruner import AFRPruner
+from ..report import SparsityReport
+from .arguments import ModelArguments
+from .transforms import ImageTransform, scoring_dataloader
+
+logger = logging.get_logger("hf_afr.scripts")
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+class _Formatter(std_logging.Formatter):
+    """Plain lines for progress, the level in front of anything that needs attention."""
+
+    def format(self, record: std_logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno <= std_logging.INFO else f"{record.levelname}: {message}"
+
+
+def setup_logging(log_level: str, is_main_process: bool, show_progress: bool) -> None:
+    """Quiet by default: the scripts' own progress lines on the main process, and only warnings
+    from transformers and datasets. `--log_level info` (or `debug`) shows theirs too."""
+    import datasets
+
+    library_level = _LEVELS.get(log_level, std_logging.WARNING)
+    if not is_main_process:
+        library_level = max(library_level, std_logging.WARNING)
+    logging.set_verbosity(library_level)
+    datasets.utils.logging.set_verbosity(library_level)
+    if library_level > std_logging.INFO or not show_progress:
+        datasets.disable_progress_bars()
+    if not show_progress:
+        logging.disable_progress_bar()
+    own = std_logging.getLogger("hf_afr")
+    own.setLevel(std_logging.INFO if is_main_process else std_logging.WARNING)
+    if not own.handlers:
+        handler = std_logging.StreamHandler(sys.stdout)
+        handler.setFormatter(_Formatter())
+        own.addHandler(handler)
+        own.propagate = False
+
+
+def resolve_resume_checkpoint(checkpoint: str | None, output_dir: str) -> str | None:
+    """The checkpoint folder to resume from (`"last"`/`"true"`: the newest in `output_dir`).
+
+    It must hold the masks written by `PruningMaskCallback`; checked before any work.
+    """
+    if checkpoint is None:
+        return None
+    if str(checkpoint).lower() in ("true", "last"):
+        found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if found is None:
+            raise ValueError(f"No checkpoint to resume from in {output_dir}.")
+        checkpoint = found
+    if not os.path.isdir(checkpoint):
+        raise ValueError(f"--resume_from_checkpoint {checkpoint!r} is not a folder.")
+    if not os.path.isfile(os.path.join(checkpoint, MASKS_NAME)):
+        raise ValueError(
+            f"Checkpoint {checkpoint} has no {MASKS_NAME}: only checkpoints written with "
+            "hf_afr's PruningMaskCallback can be resumed with their exact masks."
+        )
+    return checkpoint
+
+
+def load_pruner(
+    model_args: ModelArguments,
+    pruner_config: PrunerConfig,
+    id2label: dict[int, str],
+    resume_checkpoint: str | None = None,
+) -> AFRPruner:
+    """The `AFRPruner` to work with; it has masks when they are reused rather than scored.
+
+    Masks come, in this order, from the checkpoint being resumed, from an already pruned
+    `model_name_or_path` (its own pruner config is kept, the pruning arguments are ignored),
+    or nowhere (the returned pruner, with `pruner_config`, still has to prune).
+    """
+    if not os.path.isdir(model_args.model_name_or_path):
+        from .data import hub_or_offline
+
+        hub_or_offline(f"model {model_args.model_name_or_path!r}")
+    pruner = AFRPruner.from_pretrained(
+        model_args.model_name_or_path,
+        id2label=id2label,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+    )
+    if resume_checkpoint is not None:
+        logger.info(f"Resuming from {resume_checkpoint}: reusing its pruning masks.")
+        resumed = _with(pruner, PrunerConfig.from_pretrained(resume_checkpoint))
+        resumed.set_masks(load_masks(os.path.join(resume_checkpoint, MASKS_NAME)))
+        return resumed
+    if pruner.masks:
+        if pruner.config != pruner_config:
+            logger.warning(
+                f"{model_args.model_name_or_path} is already pruned ({pruner.config.method}, "
+                f"sparsity {pruner.config.sparsity}); its masks are reused and the pruning "
+                "arguments of this run are ignored."
+            )
+        return pruner
+    if model_args.skip_pruning:
+        raise ValueError(
+            f"--skip_pruning needs a checkpoint pruned by hf_afr, but "
+            f"{model_args.model_name_or_path} has no {MASKS_NAME}."
+        )
+    return _with(pruner, pruner_config)
+
+
+def _with(pruner: AFRPruner, config: PrunerConfig) -> AFRPruner:
+    """A pruner for the same model and checkpoint with another config (and no masks yet)."""
+    other = AFRPruner(pruner.model, config)
+    other.base_model, other.image_processor = pruner.base_model, pruner.image_processor
+    return other
+
+
+def score_and_prune(
+    pruner: AFRPruner,
+    train_dataset,
+    transform: ImageTransform,
+    batch_size: int,
+    device: torch.device,
+    show_progress: bool,
+) -> dict[str, torch.Tensor]:
+    """Score on the seeded scoring batches (sharded over processes) and prune.
+
+    All processes end with rank 0's masks (identical anyway: the gradients are all-reduced).
+    """
+    config = pruner.config
+    pruner.model.to(device)
+    loader = None
+    if config.needs_data:
+        loader = scoring_dataloader(
+            train_dataset, transform, batch_size, config.num_batches, config.seed
+        )
+        logger.info(
+            f"Scoring with {config.method!r} on {config.num_batches} batches of {batch_size} "
+            "training images."
+        )
+    pruner.prune(loader, show_progress=show_progress)
+    pruner.set_masks(broadcast_masks(pruner.masks))
+    return pruner.masks
+
+
+def describe_masks(pruner: AFRPruner) -> str:
+    """One line: what was pruned, how much, and any fully pruned tensor."""
+    report = pruner.sparsity_report()
+    line = (
+        f"Pruned {report.sparsity:.2%} of {report.numel:,} weights in {len(report.tensors)} "
+        f"tensors with {pruner.config.method!r}"
+    )
+    if report.fully_pruned:
+        line += f"; {len(report.fully_pruned)} tensors fully pruned"
+    return line + "."
+
+
+def weight_sparsity_report(pruner: AFRPruner) -> SparsityReport:
+    """Sparsity measured on the weights themselves (a zero counts as pruned)."""
+    return SparsityReport.from_masks({name: p.detach() != 0 for name, p in pruner.params.items()})
+
+
+def freeze_unused_parameters(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
+    """Set `requires_grad=False` on trainable parameters that get no gradient from a batch.
+
+    Such parameters (e.g. the mask token of some vision transformers, which classification
+    never uses) would force DDP to search for unused parameters at every step; frozen, they
+    are exactly as they were (an optimizer skips parameters without a gradient).
+    """
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    was_training = model.training
+    model.train()
+    try:
+        outputs = model(**{k: v.to(next(model.parameters()).device) for k, v in batch.items()})
+        grads = torch.autograd.grad(
+            outputs.loss, [p for _, p in trainable], allow_unused=True, materialize_grads=False
+        )
+    finally:
+        model.train(was_training)
+    unused = [name for (name, p), g in zip(trainable, grads) if g is None]
+    for name, p in trainable:
+        if name in unused:
+            p.requires_grad_(False)
+    return unused
+
+
+def reproducible_command(script: str, argv: list[str]) -> str:
+    """The command line of this run, without the Hub token."""
+    import shlex
+
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--hub_token"):
+            skip = arg == "--hub_token"
+            continue
+        kept.append(arg)
+    return shlex.join(["python", f"scripts/{script}", *kept])
+
+
+def card_details(
+    script: str,
+    argv: list[str],
+    dataset_name: str | None,
+    base_model: str,
+    training: dict[str, Any] | None = None,
+    accuracy: float | None = None,
+) -> dict[str, Any]:
+    """Model-card details: base model, dataset, training settings, accuracy and the command.
+
+    The Hub token is never written into the card.
+    """
+    from .data import EMBEDDED_PREFIX
+
+    kwargs: dict[str, Any] = {
+        "command": reproducible_command(script, argv),
+        "base_model": base_model,
+        "training": training,
+    }
+    embedded = dataset_name is not None and dataset_name.startswith(EMBEDDED_PREFIX)
+    hub_dataset = dataset_name and not embedded and not os.path.isdir(dataset_name)
+    if hub_dataset:
+        kwargs["datasets"] = dataset_name
+    if accuracy is not None:
+        eval_dataset = dataset_name if hub_dataset or embedded else "imagefolder"
+        kwargs.update(accuracy=accuracy, eval_dataset=eval_dataset, eval_split="validation")
+    return kwargs

@@ -1,0 +1,355 @@
+"""The compact checkpoint file: every pruned tensor stored as an encoded mask plus its kept values.
+
+Layout of `model.compact.safetensors` (safetensors only, never pickle). Tensors keep the key names
+`save_pretrained` writes, so transformers' own key renaming applies on load:
+
+- an unpruned tensor is stored as is, under its usual key (e.g. `vit.layernorm.weight`);
+- a pruned weight `K` becomes three tensors:
+  - `K.afr_values`: the kept weights in row-major order, 1-D, in the model's dtype (kept zeros too,
+    so the mask survives exactly),
+  - `K.afr_mask`: the mask as uint8 bytes, first byte = code (see `mask_codec`),
+  - `K.afr_shape`: the dense shape (int64).
+- the safetensors metadata holds `format`, `format_version` and, as JSON, one entry per pruned
+  tensor: parameter name, shape, dtype, number of kept values and mask encoding.
+
+The folder's `config.json` declares `quantization_config = {"quant_method": "hf_afr_compact", ...}`
+and a `transformers_weights` entry that plain transformers rejects with an error telling to install
+hf_afr: without hf_afr, loading fails loudly instead of returning random weights. `import hf_afr`
+registers the loader (`hf_afr.checkpoint.loader`) that makes `from_pretrained` read the file.
+`read_compact_weights` is the one reader; it validates everything it returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..files import atomic_path, atomic_write_text
+from ..version import __version__
+from .codec import (
+    ENCODING_IDS,
+    MASK_ENCODINGS,
+    STORED_DTYPES,
+    compact_tensor,
+    decode_positions,
+    densify_with_positions,
+)
+from .formats import COMPACT_WEIGHTS_NAME, CONFIG_NAME
+
+COMPACT_FORMAT = "hf_afr.compact"
+COMPACT_FORMAT_VERSION = 1
+COMPACT_QUANT_METHOD = "hf_afr_compact"
+
+VALUES_SUFFIX = ".afr_values"
+MASK_SUFFIX = ".afr_mask"
+SHAPE_SUFFIX = ".afr_shape"
+SPARSE_SUFFIXES = (VALUES_SUFFIX, MASK_SUFFIX, SHAPE_SUFFIX)
+
+# Plain transformers refuses a `transformers_weights` entry that is not a *.safetensors file name and
+# prints it in its error message; hf_afr's loader swaps in the real file name.
+PLAIN_LOAD_GUARD = (
+    f"{COMPACT_WEIGHTS_NAME} holds an hf_afr compact sparse checkpoint: install hf_afr from its "
+    "repository (`pip install .` in a clone) and `import hf_afr` before `from_pretrained`, or "
+    "convert it with `hf-afr densify SRC DST`"
+)
+
+
+@dataclass(frozen=True)
+class CompactEntry:
+    """What the metadata declares about one pruned tensor."""
+
+    key: str
+    param: str
+    shape: tuple[int, ...]
+    dtype: str
+    nnz: int
+    encoding: str
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+# --------------------------------------------------------------------------- key names
+
+
+def disk_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict under the key names `save_pretrained` writes, and `{disk key: param name}`.
+
+    transformers 5 renamed ViT modules but keeps writing the 4.x key names; using the same
+    mapping makes compact files load through transformers' own renaming, like dense ones.
+    """
+    state = {k: v for k, v in model.state_dict().items()}
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        on_disk = revert_weight_conversion(model, dict(state))
+    except ImportError:  # older or newer transformers: module names are the disk names
+        on_disk = dict(state)
+    names = {id(t): k for k, t in state.items()}
+    return on_disk, {key: names.get(id(t), key) for key, t in on_disk.items()}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def save_compact_weights(
+    model: torch.nn.Module, masks: Mapping[str, torch.Tensor], path: str | os.PathLike
+) -> dict[str, CompactEntry]:
+    """Write the model's weights in the compact format to `path` (atomically).
+
+    Args:
+        model (`torch.nn.Module`): the pruned model (pruned weights already zero).
+        masks (`dict[str, torch.Tensor]`): boolean masks (True = kept) keyed by parameter name.
+        path (`str` or `os.PathLike`): the `.safetensors` file to write.
+
+    Returns:
+        `dict[str, CompactEntry]`: the metadata entry of every pruned tensor, keyed by disk key.
+    """
+    on_disk, params = disk_state_dict(model)
+    by_param = {param: key for key, param in params.items()}
+    missing = sorted(set(masks) - set(by_param))
+    if missing:
+        raise ValueError(f"Masks for tensors the model does not have: {missing[:5]}.")
+    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, CompactEntry] = {}
+    order = {name: i for i, name in enumerate(model.state_dict())}
+    for key in sorted(on_disk, key=lambda k: order.get(params[k], len(order))):
+        tensor, param = on_disk[key], params[key]
+        if param not in masks:
+            tensors[key] = tensor.detach().cpu().contiguous()
+            continue
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if dtype not in STORED_DTYPES:
+            raise ValueError(
+                f"{param!r} is {dtype}; compact checkpoints store {', '.join(STORED_DTYPES)} weights."
+            )
+        parts = dict(zip(SPARSE_SUFFIXES, compact_tensor(tensor, masks[param], param)))
+        tensors.update({key + suffix: t for suffix, t in parts.items()})
+        entries[key] = CompactEntry(
+            key=key,
+            param=param,
+            shape=tuple(tensor.shape),
+            dtype=dtype,
+            nnz=parts[VALUES_SUFFIX].numel(),
+            encoding=MASK_ENCODINGS[int(parts[MASK_SUFFIX][0])],
+        )
+    metadata = {
+        "format": COMPACT_FORMAT,
+        "format_version": str(COMPACT_FORMAT_VERSION),
+        "hf_afr_version": __version__,
+        "sparse_tensors": json.dumps(
+            {
+                key: {
+                    "param": e.param,
+                    "shape": list(e.shape),
+                    "dtype": e.dtype,
+                    "nnz": e.nnz,
+                    "encoding": e.encoding,
+                }
+                for key, e in entries.items()
+            }
+        ),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+    return entries
+
+
+def read_compact_header(path: str | os.PathLike) -> dict[str, CompactEntry]:
+    """Read and check the structure of a compact weights file, without decoding the masks.
+
+    Checks: the file is complete safetensors, the format and version are known, every pruned
+    tensor has its three parts with the declared dtypes and sizes, no part is orphaned.
+
+    Raises:
+        ValueError: with the reason, for a truncated, foreign or inconsistent file.
+    """
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            names = f.keys()
+            slices = {k: f.get_slice(k) for k in names}
+            info = {k: (s.get_dtype(), tuple(s.get_shape())) for k, s in slices.items()}
+            shapes = {k: f.get_tensor(k) for k in info if k.endswith(SHAPE_SUFFIX)}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"Cannot read the compact checkpoint {path}: {err}. The file is truncated or is not "
+            "a safetensors file; re-save or re-download it."
+        ) from err
+    if metadata.get("format") != COMPACT_FORMAT:
+        raise ValueError(
+            f"{path} is not an hf_afr compact checkpoint (metadata format is "
+            f"{metadata.get('format')!r}, expected {COMPACT_FORMAT!r})."
+        )
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError:
+        version = -1
+    if version < 1 or version > COMPACT_FORMAT_VERSION:
+        raise ValueError(
+            f"{path} uses compact format version {metadata.get('format_version')!r}; this hf_afr "
+            f"reads version {COMPACT_FORMAT_VERSION}. Upgrade hf_afr."
+        )
+    try:
+        declared = json.loads(metadata.get("sparse_tensors", ""))
+        entries = {
+            key: CompactEntry(
+                key=key,
+                param=str(d["param"]),
+                shape=tuple(int(s) for s in d["shape"]),
+                dtype=str(d["dtype"]),
+                nnz=int(d["nnz"]),
+                encoding=str(d["encoding"]),
+            )
+            for key, d in declared.items()
+        }
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: unreadable `sparse_tensors` metadata ({err!r}).") from None
+    for entry in entries.values():
+        _check_entry(path, entry, info, shapes)
+    orphans = sorted(
+        k for k in info if k.endswith(SPARSE_SUFFIXES) and k.rsplit(".", 1)[0] not in entries
+    )
+    if orphans:
+        raise ValueError(f"{path}: tensors {orphans[:3]} are not declared in the metadata.")
+    return entries
+
+
+def _check_entry(path: str, entry: CompactEntry, info: dict, shapes: dict) -> None:
+    key = entry.key
+    parts = [key + suffix for suffix in SPARSE_SUFFIXES]
+    absent = [p for p in parts if p not in info]
+    if absent:
+        raise ValueError(f"{path}: pruned tensor {key!r} lacks {absent}; the file is incomplete.")
+    if key in info:
+        raise ValueError(f"{path}: {key!r} is stored both dense and sparse.")
+    if entry.dtype not in STORED_DTYPES:
+        raise ValueError(f"{path}: {key!r} declares unsupported dtype {entry.dtype!r}.")
+    if entry.encoding not in ENCODING_IDS:
+        raise ValueError(f"{path}: {key!r} declares unknown mask encoding {entry.encoding!r}.")
+    if any(s < 0 for s in entry.shape) or not 0 <= entry.nnz <= entry.numel:
+        raise ValueError(
+            f"{path}: {key!r} declares {entry.nnz} kept values for shape {list(entry.shape)}."
+        )
+    values_dtype, values_shape = info[key + VALUES_SUFFIX]
+    if values_dtype != STORED_DTYPES[entry.dtype][1]:
+        raise ValueError(
+            f"{path}: values of {key!r} are stored as {values_dtype}, the metadata declares "
+            f"{entry.dtype}."
+        )
+    if values_shape != (entry.nnz,):
+        raise ValueError(
+            f"{path}: {key!r} stores {list(values_shape)} values, the metadata declares "
+            f"{entry.nnz} kept weights."
+        )
+    mask_dtype, mask_shape = info[key + MASK_SUFFIX]
+    if mask_dtype != "U8" or len(mask_shape) != 1 or mask_shape[0] < 1:
+        raise ValueError(f"{path}: the mask of {key!r} must be non-empty 1-D uint8 bytes.")
+    stored_shape = shapes[key + SHAPE_SUFFIX]
+    if stored_shape.dtype != torch.int64 or stored_shape.tolist() != list(entry.shape):
+        raise ValueError(
+            f"{path}: {key!r} stores shape {stored_shape.tolist()}, the metadata declares "
+            f"{list(entry.shape)}."
+        )
+
+
+def read_compact_weights(
+    path: str | os.PathLike, load_values: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, CompactEntry]]:
+    """Read and fully validate a compact weights file: structure, dtypes and every mask.
+
+    Args:
+        path (`str` or `os.PathLike`): the `model.compact.safetensors` file.
+        load_values (`bool`, defaults to `True`): also rebuild the dense tensors; with `False`
+            only the masks are decoded (enough to validate the file or to read its masks).
+
+    Returns:
+        `(state_dict, masks, entries)`: the dense tensors under their disk keys (empty without
+        `load_values`), the masks (True = kept) keyed by parameter name, and the metadata entries
+        keyed by disk key.
+
+    Raises:
+        ValueError: for a truncated, foreign or inconsistent file.
+    """
+    entries = read_compact_header(path)
+    state: dict[str, torch.Tensor] = {}
+    masks: dict[str, torch.Tensor] = {}
+    with safe_open(os.fspath(path), framework="pt") as f:
+        names = f.keys()
+        if load_values:
+            state = {k: f.get_tensor(k) for k in names if not k.endswith(SPARSE_SUFFIXES)}
+        for key, entry in entries.items():
+            mask_data = f.get_tensor(key + MASK_SUFFIX)
+            if load_values:
+                values, shape = f.get_tensor(key + VALUES_SUFFIX), f.get_tensor(key + SHAPE_SUFFIX)
+                state[key], positions = densify_with_positions(
+                    values, mask_data, shape, entry.param
+                )
+            else:
+                data = mask_data.numpy().tobytes()
+                positions = decode_positions(data, entry.numel, entry.nnz, entry.param)
+            mask = np.zeros(entry.numel, dtype=bool)
+            mask[positions] = True
+            masks[entry.param] = torch.from_numpy(mask).view(entry.shape)
+    return state, masks, entries
+
+
+def information_bound(entries: Mapping[str, CompactEntry], dense_value_bytes: int = 0) -> float:
+    """Bytes needed at least: every stored value plus `n * H(p) / 8` for the masks.
+
+    `p` is the density over all pruned tensors together; `dense_value_bytes` counts the tensors
+    stored dense (their values are all kept).
+    """
+    numel = sum(e.numel for e in entries.values())
+    nnz = sum(e.nnz for e in entries.values())
+    value_bytes = sum(e.nnz * STORED_DTYPES[e.dtype][0].itemsize for e in entries.values())
+    p = nnz / numel if numel else 0.0
+    entropy = 0.0 if p in (0.0, 1.0) else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    return dense_value_bytes + value_bytes + numel * entropy / 8
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def compact_config_dict(model: torch.nn.Module) -> dict:
+    """`config.json` content of a compact checkpoint: the model config plus the loading guard."""
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    config.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    for attr in ("quantization_config", "transformers_weights"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    data = json.loads(config.to_json_string(use_diff=True))
+    data["quantization_config"] = {
+        "quant_method": COMPACT_QUANT_METHOD,
+        "format": COMPACT_FORMAT,
+        "format_version": COMPACT_FORMAT_VERSION,
+        "weights_file": COMPACT_WEIGHTS_NAME,
+    }
+    data["transformers_weights"] = PLAIN_LOAD_GUARD
+    return data
+
+
+def save_compact_checkpoint(
+    model: torch.nn.Module, masks: Mapping[str, torch.Tensor], save_directory: str | os.PathLike
+) -> dict[str, CompactEntry]:
+    """Write `model.compact.safetensors` and `config.json` (in that order, each atomically)."""
+    if not masks:
+        raise ValueError("A compact checkpoint needs the pruning masks: prune the model first.")
+    save_directory = os.fspath(save_directory)
+    os.makedirs(save_directory, exist_ok=True)
+    entries = save_compact_weights(model, masks, os.path.join(save_directory, COMPACT_WEIGHTS_NAME))
+    text = json.dumps(compact_config_dict(model), indent=2, sort_keys=True) + "\n"
+    atomic_write_text(os.path.join(save_directory, CONFIG_NAME), text)
+    return entries

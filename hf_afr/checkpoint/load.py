@@ -1,0 +1,223 @@
+"""Loading a checkpoint: its model (quietly, with one clear line per surprise), its image
+processor, and the pruning state saved beside it; `inspect_checkpoint` checks masks against weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+from transformers.utils import logging
+
+from ..config import PrunerConfig
+from ..files import resolve_file
+from ..report import SparsityReport
+from .compact import COMPACT_QUANT_METHOD, information_bound, read_compact_weights
+from .formats import (
+    COMPACT_WEIGHTS_NAME,
+    IMAGE_PROCESSOR_NAME,
+    MASKS_NAME,
+    PRUNER_CONFIG_NAME,
+)
+from .masks_file import load_masks
+
+logger = logging.get_logger(__name__)
+
+
+def load_classifier(model_class: Any, name_or_path: str, model_kwargs: dict[str, Any]) -> nn.Module:
+    """`model_class.from_pretrained`, with transformers' load report replaced by clear lines.
+
+    A new classification head (a bare backbone, or a head resized to `num_labels`) is intended:
+    one info line. Any other weight that is missing or does not fit is a warning. A truncated or
+    corrupt local weights file is a `ValueError` naming the file.
+    """
+    if os.path.isdir(name_or_path):
+        check_safetensors_files(name_or_path)
+    model_kwargs = {"ignore_mismatched_sizes": True, **model_kwargs}
+    try:
+        with quiet_transformers():
+            model, info = model_class.from_pretrained(
+                name_or_path, output_loading_info=True, **model_kwargs
+            )
+    except SafetensorError as err:
+        raise ValueError(
+            f"Cannot read the weights of {name_or_path}: {err}. The file is truncated or corrupt; "
+            "re-save or re-download it."
+        ) from err
+    _log_loading_info(model, name_or_path, info)
+    return model
+
+
+def _log_loading_info(model: nn.Module, name_or_path: str, info: Mapping[str, Any]) -> None:
+    head = {name for name, _ in model.named_parameters() if name.split(".")[0] == "classifier"}
+    mismatched = [key for key, *_ in info.get("mismatched_keys", [])]
+    missing = list(info.get("missing_keys", []))
+    new = sorted(k for k in [*missing, *mismatched] if k in head)
+    others = sorted(k for k in [*missing, *mismatched] if k not in head)
+    if new:
+        logger.info(
+            f"New classification head for {model.config.num_labels} labels (randomly "
+            f"initialised): {', '.join(new)}."
+        )
+    if others:
+        logger.warning(
+            f"{len(others)} weights were not found in {name_or_path} or have another shape there; "
+            f"they are newly initialised: {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}."
+        )
+    unexpected = sorted(info.get("unexpected_keys", []))
+    if unexpected:
+        logger.info(
+            f"{len(unexpected)} weights of {name_or_path} are not used by "
+            f"{type(model).__name__} (e.g. {unexpected[0]})."
+        )
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' INFO/WARNING logs and progress bars (restored afterwards)."""
+    verbosity = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def check_safetensors_files(folder: str | os.PathLike) -> None:
+    """Raise a `ValueError` naming the first `*.safetensors` file of `folder` that is unreadable."""
+    for path in sorted(glob.glob(os.path.join(os.fspath(folder), "*.safetensors"))):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ValueError(
+                f"{path} is truncated or corrupt ({err}); re-save or re-download it."
+            ) from None
+
+
+def load_image_processor(name_or_path: str, **hub_kwargs: Any) -> Any | None:
+    """The checkpoint's image processor, or None if it has none."""
+    found = resolve_file(
+        name_or_path, IMAGE_PROCESSOR_NAME, missing_ok=True, unreachable_ok=True, **hub_kwargs
+    )
+    if found is None:
+        return None
+    from transformers import AutoImageProcessor
+
+    with quiet_transformers():
+        return AutoImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
+
+
+def load_pruning_state(
+    name_or_path: str | os.PathLike, is_compact: bool = False, **hub_kwargs: Any
+) -> tuple[PrunerConfig | None, dict[str, torch.Tensor] | None]:
+    """`(PrunerConfig, masks)` saved beside a checkpoint; `(None, None)` if it was not pruned.
+
+    A checkpoint without `pruner_config.json` was not saved by hf_afr. With it, the masks come
+    from the sidecar of a dense checkpoint (absent only if it was saved before pruning) or from
+    the weights of a compact one. Only a file that certainly does not exist counts as absent:
+    a Hub that cannot be reached while the masks are not cached is an error, never "no masks".
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): a local folder or a Hub repository id.
+        is_compact (`bool`, defaults to `False`): whether `config.json` declares the compact format.
+        hub_kwargs: `revision`, `token`, `cache_dir`.
+    """
+    config_file = resolve_file(
+        name_or_path, PRUNER_CONFIG_NAME, missing_ok=True, unreachable_ok=True, **hub_kwargs
+    )
+    if config_file is None:
+        return None, None
+    pruner_config = PrunerConfig.from_pretrained(config_file)
+    if is_compact:
+        compact_file = resolve_file(name_or_path, COMPACT_WEIGHTS_NAME, **hub_kwargs)
+        return pruner_config, read_compact_weights(compact_file, load_values=False)[1]
+    masks_file = resolve_file(name_or_path, MASKS_NAME, missing_ok=True, **hub_kwargs)
+    return pruner_config, load_masks(masks_file) if masks_file is not None else None
+
+
+def is_compact_config(model_config: Any) -> bool:
+    """Whether a loaded transformers config declares an hf_afr compact checkpoint."""
+    quantization = getattr(model_config, "quantization_config", None)
+    if quantization is not None and not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    return (quantization or {}).get("quant_method") == COMPACT_QUANT_METHOD
+
+
+def unmasked_weights(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Per masked weight, how many entries are nonzero where the mask prunes them (if any).
+
+    Raises:
+        ValueError: if a mask names a parameter the model lacks or has another shape.
+    """
+    params = dict(model.named_parameters())
+    counts = {}
+    for name, mask in masks.items():
+        p = params.get(name)
+        if p is None or tuple(p.shape) != tuple(mask.shape):
+            got = None if p is None else tuple(p.shape)
+            raise ValueError(
+                f"The masks do not match the model: {name!r} has mask shape {tuple(mask.shape)}, "
+                f"weight shape {got}."
+            )
+        nonzero = int(torch.count_nonzero(p.detach()[~mask.to(p.device)]))
+        if nonzero:
+            counts[name] = nonzero
+    return counts
+
+
+def check_weights_follow_masks(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], source: str | os.PathLike = "the model"
+) -> None:
+    """Raise a `ValueError` if a pruned weight is nonzero (weights and masks do not belong
+    together: a corrupted, replaced or retrained weights file)."""
+    stray = unmasked_weights(model, masks)
+    if stray:
+        name, count = next(iter(stray.items()))
+        raise ValueError(
+            f"{source}: {sum(stray.values())} weights are nonzero where the masks prune them "
+            f"(e.g. {count} in {name!r}); the weights and the masks do not belong together."
+        )
+
+
+def inspect_checkpoint(folder: str | os.PathLike) -> tuple[str, SparsityReport]:
+    """Read the masks of a local pruned checkpoint and check them against its weights.
+
+    Returns:
+        `(header, report)`: a line describing the checkpoint, and the per-tensor sparsity.
+
+    Raises:
+        ValueError: if the folder holds no masks, a file is unreadable, or a pruned weight is
+            nonzero (the weights and masks do not belong together).
+    """
+    from transformers import AutoModelForImageClassification
+
+    folder = os.fspath(folder)
+    compact = os.path.join(folder, COMPACT_WEIGHTS_NAME)
+    sidecar = os.path.join(folder, MASKS_NAME)
+    if os.path.isfile(compact):
+        _, masks, entries = read_compact_weights(compact, load_values=False)
+        header = (
+            f"compact checkpoint {folder}: {os.path.getsize(compact)} bytes of weights; "
+            f"information bound of the pruned tensors {information_bound(entries):.0f} bytes"
+        )
+    elif os.path.isfile(sidecar):
+        masks = load_masks(sidecar)
+        header = f"dense checkpoint {folder} with masks {MASKS_NAME}"
+    else:
+        raise ValueError(
+            f"{folder} holds neither {MASKS_NAME} nor {COMPACT_WEIGHTS_NAME}: not pruned by hf_afr."
+        )
+    model = load_classifier(AutoModelForImageClassification, folder, {})
+    check_weights_follow_masks(model, masks, folder)
+    return header + "; weights checked against the masks", SparsityReport.from_masks(masks)

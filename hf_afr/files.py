@@ -1,0 +1,161 @@
+"""Files on disk and on the Hub: atomic writes, staged folders, and finding one file.
+
+Everything hf_afr writes goes through `atomic_path` / `staged_directory`: a file either appears
+complete or not at all, with the permissions a plain `open(path, "w")` would give (the umask is
+respected, as for `save_pretrained`). `resolve_file` finds a file in a local folder or a Hub
+repository and tells "this file does not exist" apart from every other failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode of a file created with `open(path, "w")`."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (UTF-8)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def check_folder_target(save_directory: str | os.PathLike) -> str:
+    """`save_directory` as a string; a `ValueError` if it names an existing file."""
+    save_directory = os.fspath(save_directory)
+    if os.path.isfile(save_directory):
+        raise ValueError(f"`save_directory` must be a folder, but {save_directory} is a file.")
+    return save_directory
+
+
+@contextlib.contextmanager
+def staged_directory(
+    save_directory: str | os.PathLike, stale: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Yield an empty staging folder; on success move its files into `save_directory`.
+
+    Files are moved one by one with `os.replace` (atomic), weights first and `config.json` after
+    them, so the folder never holds a config pointing at weights that are not fully written. Then
+    the names in `stale` (glob patterns, e.g. the other format's weights) are removed. If the block
+    fails, the files of `save_directory` are left as they were.
+    """
+    save_directory = check_folder_target(save_directory)
+    os.makedirs(save_directory, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".hf_afr-staging-", dir=save_directory)
+    try:
+        yield staging
+        produced = sorted(os.listdir(staging), key=_commit_order)
+        for name in produced:
+            _make_readable(os.path.join(staging, name))
+            os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
+        for name in os.listdir(save_directory):
+            if name not in produced and any(fnmatch.fnmatchcase(name, p) for p in stale):
+                logger.info(
+                    f"Removing {name} from {save_directory}: it belongs to the other format."
+                )
+                os.remove(os.path.join(save_directory, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_readable(path: str) -> None:
+    if os.path.isfile(path):
+        os.chmod(path, _default_file_mode())
+
+
+def _commit_order(name: str) -> tuple[int, str]:
+    if name.endswith((".safetensors", ".bin")):
+        return 0, name
+    return (2, name) if name == "config.json" else (1, name)
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    *,
+    missing_ok: bool = False,
+    unreachable_ok: bool = False,
+    **hub_kwargs: Any,
+) -> str | None:
+    """The local path of `filename` in a local folder or a Hub repository (downloaded and cached).
+
+    Only a file that certainly does not exist gives `None` (with `missing_ok`): absent from the
+    local folder, answered 404 by the Hub, or recorded as absent in the cache. A Hub that cannot
+    be reached (or `HF_HUB_OFFLINE=1`) while the file is not cached is an `OSError`, unless
+    `unreachable_ok` (then `None` too: for optional files such as `pruner_config.json`, whose
+    absence only means "not pruned by hf_afr"). Every other failure raises.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): a local folder or a Hub repository id.
+        filename (`str`): the file's name inside it.
+        missing_ok (`bool`, defaults to `False`): return `None` for a file that does not exist.
+        unreachable_ok (`bool`, defaults to `False`): return `None` when the Hub cannot be asked.
+        hub_kwargs: `revision`, `token`, `cache_dir` for `huggingface_hub.hf_hub_download`.
+    """
+    name_or_path = os.fspath(name_or_path)
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, filename)
+        if os.path.isfile(path):
+            return path
+        if missing_ok:
+            return None
+        raise ValueError(f"No {filename} in {name_or_path}.")
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
+
+    hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+    try:
+        return hf_hub_download(name_or_path, filename, **hub_kwargs)
+    except RemoteEntryNotFoundError:
+        if missing_ok:
+            return None
+        raise OSError(f"The Hub repository {name_or_path} has no {filename}.") from None
+    except LocalEntryNotFoundError:
+        cached = try_to_load_from_cache(
+            name_or_path,
+            filename,
+            cache_dir=hub_kwargs.get("cache_dir"),
+            revision=hub_kwargs.get("revision"),
+        )
+        if cached is _CACHED_NO_EXIST and missing_ok:
+            return None
+        if unreachable_ok:
+            logger.info(f"Could not check the Hub for {name_or_path}/{filename} (offline).")
+            return None
+        raise OSError(
+            f"Cannot get {filename} of {name_or_path}: the Hub is unreachable (or "
+            "HF_HUB_OFFLINE=1) and the file is not in the cache. Connect once to download it, "
+            "or pass a local folder."
+        ) from None

@@ -4,7 +4,9 @@ Sources: a Hub dataset, a local folder that `datasets` can load (`save_to_disk` 
 included), local `imagefolder`s (`--train_dir` / `--validation_dir`), or an embedded offline
 dataset (`hf_afr:digits`, ...). Every check here runs before any work: a missing column, a label
 column that is not a `ClassLabel`, an empty split or folder, and, in a local image folder, a file
-that is not a readable image (named in the error). With the Hub unreachable, a dataset that is
+that is not a readable image (every image is decoded once and a bad one stops the run, named in
+the error: a run never trains on a silently smaller dataset). Images of other sources are
+decoded when used; one that cannot be decoded stops the run with its row or file name. With the Hub unreachable, a dataset that is
 not cached fails at once instead of after the Hub client's retries (see `hub_or_offline`).
 """
 
@@ -145,7 +147,8 @@ def _check_image_folder(folder: str, split: str) -> None:
     for path in images:
         try:
             with Image.open(path) as image:
-                image.verify()
+                image.draft("RGB", (64, 64))  # JPEG: decode at a reduced scale, all data read
+                image.load()
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
             raise ValueError(
                 f"{path} is not a readable image ({' '.join(str(err).split())}); remove or "

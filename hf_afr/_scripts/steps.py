@@ -18,6 +18,7 @@ from ..distributed import broadcast_masks
 from ..pruner import AFRPruner
 from ..report import SparsityReport
 from .arguments import ModelArguments
+from .data import hub_or_offline
 from .transforms import ImageTransform, scoring_dataloader
 
 logger = logging.get_logger("hf_afr.scripts")
@@ -90,16 +91,22 @@ def load_pruner(
     `model_name_or_path` (its own pruner config is kept, the pruning arguments are ignored),
     or nowhere (the returned pruner, with `pruner_config`, still has to prune).
     """
-    if not os.path.isdir(model_args.model_name_or_path):
-        from .data import hub_or_offline
-
-        hub_or_offline(f"model {model_args.model_name_or_path!r}")
-    pruner = AFRPruner.from_pretrained(
-        model_args.model_name_or_path,
-        id2label=id2label,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-    )
+    name = model_args.model_name_or_path
+    online = os.path.isdir(name) or hub_or_offline(f"model {name!r}")
+    try:
+        pruner = AFRPruner.from_pretrained(
+            name,
+            id2label=id2label,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+        )
+    except OSError as err:
+        if online:
+            raise
+        raise ValueError(
+            f"Model {name!r} is not a local folder and not in the cache, and the Hub cannot be "
+            "reached to download it: check the path, or connect once to download it."
+        ) from err
     if resume_checkpoint is not None:
         logger.info(f"Resuming from {resume_checkpoint}: reusing its pruning masks.")
         resumed = _with(pruner, PrunerConfig.from_pretrained(resume_checkpoint))

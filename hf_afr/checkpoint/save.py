@@ -27,6 +27,7 @@ from .formats import (
     check_format,
     other_format_files,
 )
+from .load import quiet_transformers
 from .masks_file import save_masks
 
 
@@ -75,7 +76,8 @@ def save_pruned_checkpoint(
             save_compact_checkpoint(model, masks, staging)
             weights = COMPACT_WEIGHTS_NAME
         else:
-            model.save_pretrained(staging, **save_kwargs)
+            with quiet_transformers():  # no progress bar for a few files
+                model.save_pretrained(staging, **save_kwargs)
             if masks:
                 save_masks(masks, os.path.join(staging, MASKS_NAME))
             weights = DENSE_WEIGHTS_NAME

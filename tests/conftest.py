@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_vit_config
 from PIL import Image
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+from transformers import ViTForImageClassification, ViTImageProcessorPil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("cat", "dog", "owl")
@@ -26,24 +27,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: several seconds or more (still in the default run)")
 
 
-def tiny_vit_config(num_labels: int = 3) -> ViTConfig:
-    return ViTConfig(
-        image_size=32,
-        patch_size=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=num_labels,
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_vit_dir(tmp_path_factory) -> str:
     """A random 2-layer, hidden-32 ViT classifier (3 labels) and a 32 px image processor."""
     folder = tmp_path_factory.mktemp("tiny-vit")
     torch.manual_seed(0)
-    ViTForImageClassification(tiny_vit_config()).save_pretrained(folder)
+    ViTForImageClassification(tiny_vit_config(patch_size=4)).save_pretrained(folder)
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
     return str(folder)
 

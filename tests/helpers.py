@@ -6,9 +6,8 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 
-def tiny_vit(num_labels: int = 3, seed: int = 0, **overrides) -> ViTForImageClassification:
-    """A 2-layer, hidden-32 ViT on 32x32 images with deterministic random weights."""
-    torch.manual_seed(seed)
+def tiny_vit_config(num_labels: int = 3, **overrides) -> ViTConfig:
+    """The tests' ViT shape: 2 layers, hidden 32, 2 heads, 32x32 images in 8x8 patches."""
     kwargs = dict(
         image_size=32,
         patch_size=8,
@@ -18,8 +17,13 @@ def tiny_vit(num_labels: int = 3, seed: int = 0, **overrides) -> ViTForImageClas
         intermediate_size=64,
         num_labels=num_labels,
     )
-    kwargs.update(overrides)
-    return ViTForImageClassification(ViTConfig(**kwargs)).eval()
+    return ViTConfig(**{**kwargs, **overrides})
+
+
+def tiny_vit(num_labels: int = 3, seed: int = 0, **overrides) -> ViTForImageClassification:
+    """A `tiny_vit_config` classifier with deterministic random weights, in eval mode."""
+    torch.manual_seed(seed)
+    return ViTForImageClassification(tiny_vit_config(num_labels, **overrides)).eval()
 
 
 def tiny_batches(n_batches: int = 2, batch_size: int = 6, num_labels: int = 3, seed: int = 1):

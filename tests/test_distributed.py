@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
+import os
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 from torch import nn
 from transformers import ViTForImageClassification
 
@@ -27,7 +27,7 @@ from hf_afr.enforcement import MaskEnforcer
 
 def tiny_model(seed: int = 0) -> ViTForImageClassification:
     torch.manual_seed(seed)
-    return ViTForImageClassification(tiny_vit_config())
+    return ViTForImageClassification(tiny_vit_config(patch_size=4))
 
 
 def scoring_batches(n: int, size: int = 4) -> list[dict[str, torch.Tensor]]:
@@ -41,18 +41,15 @@ def scoring_batches(n: int, size: int = 4) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous(folder) -> str:
+    """A file-based rendezvous: no port to pick, so no race with other runs on the machine."""
+    return f"file://{os.path.abspath(folder)}/rendezvous"
 
 
 @pytest.fixture
-def single_process_group():
+def single_process_group(tmp_path):
     """A gloo process group of one process (enough to build a real DDP wrapper)."""
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
-    )
+    dist.init_process_group("gloo", init_method=rendezvous(tmp_path), rank=0, world_size=1)
     try:
         yield
     finally:
@@ -134,9 +131,9 @@ def test_single_process_helpers_are_no_ops():
 CASES = (("afr", 2), ("refer", 1))  # refer with 1 batch: rank 1 scores nothing
 
 
-def _score_worker(rank, world_size, port, folder):
+def _score_worker(rank, world_size, folder):
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+        "gloo", init_method=rendezvous(folder), rank=rank, world_size=world_size
     )
     try:
         torch.set_num_threads(1)
@@ -157,7 +154,7 @@ def _score_worker(rank, world_size, port, folder):
 
 @pytest.mark.slow
 def test_two_processes_score_like_one(tmp_path):
-    mp.spawn(_score_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_score_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     torch.set_num_threads(1)
     for method, num_batches in CASES:
         config = PrunerConfig(method=method, sparsity=0.8, num_batches=num_batches)

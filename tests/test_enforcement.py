@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 from transformers import ViTForImageClassification
 
 from hf_afr import PrunerConfig, apply_masks, find_prunable_parameters
@@ -22,7 +22,7 @@ from hf_afr.enforcement import (
 def pruned_model(sparsity: float = 0.8, seed: int = 0):
     """A tiny ViT whose prunable weights are randomly pruned, and its masks."""
     torch.manual_seed(seed)
-    model = ViTForImageClassification(tiny_vit_config())
+    model = ViTForImageClassification(tiny_vit_config(patch_size=4))
     params = find_prunable_parameters(model, PrunerConfig())
     generator = torch.Generator().manual_seed(seed)
     masks = {n: torch.rand(p.shape, generator=generator) >= sparsity for n, p in params.items()}

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from helpers import tiny_batches, tiny_vit
-from transformers import BertConfig, BertModel, ViTConfig, ViTForImageClassification, ViTModel
+from helpers import tiny_batches, tiny_vit, tiny_vit_config
+from transformers import BertConfig, BertModel, ViTForImageClassification, ViTModel
 
 from hf_afr import AFRPruner, PrunerConfig
 
@@ -139,16 +139,8 @@ def test_from_pretrained_replaces_a_mismatched_head(vit_dir):
 
 
 def test_from_pretrained_accepts_a_bare_vit_model(tmp_path):
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
     torch.manual_seed(0)
-    backbone = ViTModel(config, add_pooling_layer=False)
+    backbone = ViTModel(tiny_vit_config(), add_pooling_layer=False)
     backbone.save_pretrained(tmp_path / "dino-like")
     pruner = AFRPruner.from_pretrained(tmp_path / "dino-like", num_labels=4)
     assert pruner.model.classifier.out_features == 4

@@ -6,65 +6,8 @@ score means more important). It changes no weight and leaves the model as it fou
 Adding a criterion means adding one module that calls `register_criterion`.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-import torch
-from torch import nn
-
-if TYPE_CHECKING:
-    from ..config import PrunerConfig
-
-ScoreFn = Callable[
-    [nn.Module, Iterable[Mapping[str, Any]], dict[str, nn.Parameter], "PrunerConfig"],
-    dict[str, torch.Tensor],
-]
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """A registered criterion: its score function and what data it reads."""
-
-    name: str
-    score: ScoreFn
-    needs_data: bool
-    needs_labels: bool
-
-
-_CRITERIA: dict[str, Criterion] = {}
-
-
-def register_criterion(
-    name: str, *, needs_data: bool = True, needs_labels: bool = False
-) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator registering a score function under `name`."""
-
-    def decorator(fn: ScoreFn) -> ScoreFn:
-        if name in _CRITERIA:
-            raise ValueError(f"A pruning criterion named {name!r} is already registered.")
-        _CRITERIA[name] = Criterion(name, fn, needs_data, needs_labels)
-        return fn
-
-    return decorator
-
-
-def get_criterion(name: str) -> Criterion:
-    """The criterion registered under `name`."""
-    try:
-        return _CRITERIA[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown pruning method {name!r}. Choose one of: {', '.join(available_criteria())}."
-        ) from None
-
-
-def available_criteria() -> list[str]:
-    """Names of all registered criteria."""
-    return list(_CRITERIA)
-
-
 # Importing the modules registers the built-in criteria.
-from . import afr, magnitude, random, refer, snip  # noqa: E402, F401
+from . import afr, magnitude, random, refer, snip  # noqa: E402, F401, I001
+from .registry import Criterion, ScoreFn, available_criteria, get_criterion, register_criterion
+
+__all__ = ["Criterion", "ScoreFn", "available_criteria", "get_criterion", "register_criterion"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register_criterion
 from .gradients import accumulate_gradients, connection_sensitivity
+from .registry import register_criterion
 
 # Below this ratio of variance to mean square, E[s^2] - E[s]^2 would cancel too many digits.
 _ONE_PASS_MIN_RELATIVE_VARIANCE = 1e-3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register_criterion
+from .registry import register_criterion
 
 
 @register_criterion("random", needs_data=False)

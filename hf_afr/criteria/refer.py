@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register_criterion
 from .gradients import accumulate_gradients, connection_sensitivity
+from .registry import register_criterion
 
 
 @register_criterion("refer")

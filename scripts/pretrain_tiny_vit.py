@@ -289,30 +289,27 @@ def write_model_card(output_dir: str, log: dict) -> None:
         f"{e['elapsed_s'] / 60:.1f} |"
         for e in log["epochs"]
     )
-    card = f"""---
-library_name: transformers
-license: apache-2.0
-pipeline_tag: image-classification
-tags:
-- vit
-- image-classification
-- glyphs
-- hf_afr
-model-index:
-- name: tiny-vit-glyphs
-  results:
-  - task:
-      type: image-classification
-    dataset:
-      type: hf_afr-glyphs
-      name: rendered glyphs, held-out monospaced fonts (hf_afr.data glyph set "pretrain")
-      split: validation
-    metrics:
-    - type: accuracy
-      value: {final["validation_accuracy"]:.4f}
----
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-# tiny-vit-glyphs
+    metadata = ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        pipeline_tag="image-classification",
+        tags=["vit", "image-classification", "glyphs", "hf_afr"],
+        model_name="tiny-vit-glyphs",
+        eval_results=[
+            EvalResult(
+                task_type="image-classification",
+                dataset_type="hf_afr-glyphs",
+                dataset_name="rendered glyphs, held-out monospaced fonts "
+                '(hf_afr.data glyph set "pretrain")',
+                dataset_split="validation",
+                metric_type="accuracy",
+                metric_value=round(final["validation_accuracy"], 4),
+            )
+        ],
+    )
+    body = f"""# tiny-vit-glyphs
 
 A small Vision Transformer (`ViTForImageClassification`, {log["num_parameters"] / 1e6:.2f} M
 parameters) pretrained from scratch by `hf_afr` on images of rendered glyphs. It is the default
@@ -385,8 +382,9 @@ A toy backbone for pruning and transfer-learning experiments (for example fine-t
 Cyrillic glyph task or on scikit-learn's handwritten digits via `hf_afr.data`). It knows only
 isolated glyphs at 32 x 32 and is not a general image model.
 """
-    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(card)
+    ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}").save(
+        os.path.join(output_dir, "README.md")
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:

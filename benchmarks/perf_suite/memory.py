@@ -228,9 +228,8 @@ def measure_row(spec: dict, fresh_process: bool) -> dict:
     """`worker(spec)`, in a fresh Python process if asked; a failed worker raises."""
     if not fresh_process:
         return worker(spec)
-    path = os.pathsep.join(
-        [str(BENCHMARKS.parent), str(BENCHMARKS), os.environ.get("PYTHONPATH", "")]
-    )
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    path = os.pathsep.join([str(BENCHMARKS.parent), str(BENCHMARKS), *inherited])
     done = subprocess.run(
         [sys.executable, "-m", "perf_suite.memory", json.dumps(spec)],
         capture_output=True,

@@ -107,7 +107,8 @@ def test_memory_section(toy):
     assert rows[cut]["growth"] <= rows["afr, micro-batch + checkpointing"]["growth"]
     assert rows["afr, micro-batch + checkpointing"]["growth"] < rows["afr"]["growth"]
     assert rows["snip"]["growth"] < rows["afr"]["growth"]
-    assert rows["afr gradients"]["rss_growth"] is None and rows["afr"]["rss_growth"] > 0
+    # The process's peak RSS covers the whole call: no RSS figure for a cut at the engine.
+    assert rows["afr gradients"]["rss_growth"] is None
     assert len(table_rows(markdown, "4 |")) == len(ALL_MODES)
     assert "- afr: peak / train-step peak " in markdown
 

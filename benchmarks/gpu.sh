@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# The prepared GPU run of benchmarks/perf.py: one command, about 2-4 minutes on one
-# H100/H200 (hard limit 9.5 minutes). Never needed by the tests.
+# The prepared GPU run: one command on one CUDA card, never needed by the tests.
 #
-# What it measures (random-weight ViT-B/16 shape, 224 px):
+#   bash benchmarks/gpu.sh            # results in ${OUT:-benchmarks/results}
+#
+# Each benchmark is one `step` line at the end, with its own timeout; a failing step is
+# reported and the next ones still run, and the script exits non-zero if any step failed.
+# To add a benchmark, append a `step timeout <s> python benchmarks/<script>.py ...` line and
+# keep the sum of the timeouts under the machine's limit for one command (10 minutes).
+#
+# benchmarks/perf.py --suite gpu (about 2-4 minutes on one H100/H200; random-weight
+# ViT-B/16 shape, 224 px; each finished section is written at once, so a timeout keeps them):
 #   1. scoring throughput (images/s) and peak memory (torch.cuda.max_memory_allocated) of
 #      SNIP, ReFer and AFR in float32 and bfloat16 at batch 64, 128 and 256, against one
 #      plain training step (forward, backward, AdamW step) at the same batch and dtype;
@@ -10,15 +17,22 @@
 #   2. where the scoring time goes (torch.profiler, GPU kernel time per stage);
 #   3. a short masked fine-tuning run: a Trainer (bf16 autocast, batch 64) with and without
 #      PruningMaskCallback on a 90%-pruned model, step time and pruned weights after.
-# Results, with the card name: ${OUT:-benchmarks/results}/perf-gpu.md and perf-gpu.json.
-#
-#   bash benchmarks/gpu.sh
-set -euo pipefail
+# Results, with the card name: $out_dir/perf-gpu.md and perf-gpu.json.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-benchmarks/results}"
 mkdir -p "$out_dir"
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'No CUDA device.')"
+python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'No CUDA device.')" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
     | tee "$out_dir/gpu-card.txt" || true
-timeout 570 python benchmarks/perf.py --suite gpu --device cuda --dtype bfloat16 \
+
+failed=0
+step() {
+    echo "[gpu.sh] $*" >&2
+    "$@" || { echo "[gpu.sh] FAILED (exit $?): $*" >&2; failed=1; }
+}
+
+step timeout 420 python benchmarks/perf.py --suite gpu --device cuda --dtype bfloat16 \
     --output "$out_dir/perf-gpu.md"
+
+exit "$failed"

@@ -1,4 +1,8 @@
-"""AFR: z(ReFer) + z(SNIP), each z-scored over all scored weights so both weigh equally."""
+"""AFR: z(ReFer) + z(SNIP), each z-scored over all scored weights so both weigh equally.
+
+`sum_of_z_scores` is internal but kept stable (name, module, signature) for
+`benchmarks/perf_suite/profile.py`, which times AFR's z-score stage apart with it.
+"""
 
 from __future__ import annotations
 

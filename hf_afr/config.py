@@ -11,7 +11,7 @@ from typing import Any
 from transformers.utils import logging
 
 from .criteria import available_criteria, get_criterion
-from .files import atomic_write_text, resolve_file
+from .files import atomic_write_text, read_json_object, resolve_file
 from .version import __version__
 
 logger = logging.get_logger(__name__)
@@ -205,14 +205,7 @@ class PrunerConfig:
             path = name_or_path
         else:
             path = resolve_file(name_or_path, PRUNER_CONFIG_NAME, **hub_kwargs)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path))
 
 
 def _as_float(name: str, value: Any) -> float:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from transformers import AutoImageProcessor, Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.utils import logging
 
 from hf_afr._scripts.arguments import (
@@ -44,6 +44,7 @@ from hf_afr._scripts.results import (
 )
 from hf_afr._scripts.runner import run_script
 from hf_afr._scripts.steps import (
+    attach_image_processor,
     card_details,
     describe_masks,
     freeze_unused_parameters,
@@ -54,7 +55,6 @@ from hf_afr._scripts.steps import (
     weight_sparsity_report,
 )
 from hf_afr._scripts.transforms import ImageTransform, collate_fn, undecoded
-from hf_afr.checkpoint.load import quiet_transformers
 from hf_afr.distributed import check_supported_training_args
 from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
 
@@ -89,15 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     # Step 2: model, image processor and transforms.
     pruner = load_pruner(model_args, config, id2label, checkpoint)
-    image_processor = pruner.image_processor
-    if model_args.image_processor_name or image_processor is None:
-        with quiet_transformers():
-            image_processor = AutoImageProcessor.from_pretrained(
-                model_args.image_processor_name or model_args.model_name_or_path,
-                cache_dir=model_args.cache_dir,
-                revision=model_args.model_revision,
-            )
-        pruner.image_processor = image_processor
+    image_processor = attach_image_processor(pruner, model_args)
     columns = (data_args.image_column_name, data_args.label_column_name)
     train_transform = ImageTransform(image_processor, *columns, augment=True)
     eval_transform = ImageTransform(image_processor, *columns)

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from accelerate import PartialState
-from transformers import AutoImageProcessor, set_seed
+from transformers import set_seed
 from transformers.utils import logging
 
 from hf_afr._scripts.arguments import (
@@ -38,6 +38,7 @@ from hf_afr._scripts.data import label_maps, load_image_dataset, prepare_splits
 from hf_afr._scripts.results import push_pruned_model
 from hf_afr._scripts.runner import run_script
 from hf_afr._scripts.steps import (
+    attach_image_processor,
     card_details,
     describe_masks,
     load_pruner,
@@ -45,7 +46,6 @@ from hf_afr._scripts.steps import (
     setup_logging,
 )
 from hf_afr._scripts.transforms import ImageTransform, undecoded
-from hf_afr.checkpoint.load import quiet_transformers
 from hf_afr.files import atomic_write_text
 
 logger = logging.get_logger("hf_afr.scripts")
@@ -69,15 +69,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         dataset = prepare_splits(dataset, data_args, run_args.seed, need_validation=False)
     _, id2label = label_maps(dataset["train"], data_args.label_column_name)
     pruner = load_pruner(model_args, config, id2label)
-    image_processor = pruner.image_processor
-    if model_args.image_processor_name or image_processor is None:
-        with quiet_transformers():
-            image_processor = AutoImageProcessor.from_pretrained(
-                model_args.image_processor_name or model_args.model_name_or_path,
-                cache_dir=model_args.cache_dir,
-                revision=model_args.model_revision,
-            )
-        pruner.image_processor = image_processor
+    image_processor = attach_image_processor(pruner, model_args)
     transform = ImageTransform(
         image_processor, data_args.image_column_name, data_args.label_column_name
     )

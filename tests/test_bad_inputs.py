@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, load_script, write_image_folder
+from helpers import tiny_vit_config
+from transformers import ViTForImageClassification
 
 from hf_afr import AFRPruner, PrunerConfig
 from hf_afr._scripts.runner import run_script
@@ -88,7 +90,7 @@ CASES = [
     ("floor too high", "prune", ["--min_density", "0.5"], "`min_density` must be in"),
     ("nothing to prune", "prune", ["--target_modules", "no_such"], "No prunable parameters"),
     ("bad regex", "prune", ["--target_modules", "fc[1"], "Invalid module pattern"),
-    ("unknown format", "prune", ["--checkpoint_format", "zip"], "--checkpoint_format must be"),
+    ("unknown format", "prune", ["--checkpoint_format", "zip"], "`checkpoint_format` must be"),
     ("unknown embedded dataset", "prune", "embedded", "Unknown embedded dataset"),
     ("missing train folder", "finetune", "missing_dir", "does not exist"),
     ("empty train folder", "prune", "empty_dir", "is empty"),
@@ -99,6 +101,7 @@ CASES = [
     ("no dataset", "prune", "no_dataset", "Pass a dataset"),
     ("argument file typo", "prune", "file_typo", "Unknown argument 'sparsty' in the argument"),
     ("resume without masks", "finetune", "resume", "has no pruning_masks.safetensors"),
+    ("no image processor", "prune", "no_processor", "pass --image_processor_name"),
 ]
 
 
@@ -131,6 +134,10 @@ def test_bad_input_is_one_line_and_writes_nothing(
         (tmp_path / "args.json").write_text(json.dumps({"sparsty": 0.5}))
         args = [str(tmp_path / "args.json"), *base_args(model, out, data)]
         extra = None
+    elif extra == "no_processor":
+        model = tmp_path / "no-processor"
+        ViTForImageClassification(tiny_vit_config(patch_size=4)).save_pretrained(model)
+        extra = []
     elif extra == "resume":
         (tmp_path / "checkpoint-1").mkdir()
         extra = ["--do_train", "--resume_from_checkpoint", str(tmp_path / "checkpoint-1")]

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from transformers import HfArgumentParser
 
-from ..checkpoint.formats import CHECKPOINT_FORMATS
+from ..checkpoint.formats import check_format
 from ..config import PrunerConfig
 
 ARGUMENT_FILE_SUFFIXES = (".json", ".yaml", ".yml")
@@ -66,11 +66,7 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.checkpoint_format not in CHECKPOINT_FORMATS:
-            raise ValueError(
-                f"--checkpoint_format must be one of {', '.join(CHECKPOINT_FORMATS)}, "
-                f"got {self.checkpoint_format!r}."
-            )
+        check_format(self.checkpoint_format)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..checkpoint.formats import MASKS_NAME
+from ..checkpoint.load import quiet_transformers
 from ..checkpoint.masks_file import load_masks
 from ..config import PrunerConfig
 from ..distributed import broadcast_masks
@@ -133,6 +134,25 @@ def _with(pruner: AFRPruner, config: PrunerConfig) -> AFRPruner:
     other = AFRPruner(pruner.model, config)
     other.base_model, other.image_processor = pruner.base_model, pruner.image_processor
     return other
+
+
+def attach_image_processor(pruner: AFRPruner, model_args: ModelArguments) -> Any:
+    """The image processor of the run (`--image_processor_name`, else the checkpoint's), set on
+    the pruner so that it is saved with the model."""
+    name = model_args.image_processor_name
+    if name is None and pruner.image_processor is None:
+        raise ValueError(
+            f"{model_args.model_name_or_path} has no image processor (preprocessor_config.json): "
+            "pass --image_processor_name with the base model's (a Hub id or a folder)."
+        )
+    if name is not None:
+        from transformers import AutoImageProcessor
+
+        with quiet_transformers():
+            pruner.image_processor = AutoImageProcessor.from_pretrained(
+                name, cache_dir=model_args.cache_dir, revision=model_args.model_revision
+            )
+    return pruner.image_processor
 
 
 def score_and_prune(

@@ -15,7 +15,7 @@ import shutil
 from safetensors.torch import save_file
 
 from ..config import PrunerConfig
-from ..files import atomic_write_text, resolve_file, staged_directory
+from ..files import atomic_write_text, read_json_object, resolve_file, staged_directory
 from .card import create_model_card, save_model_card
 from .compact import COMPACT_QUANT_METHOD, CompactEntry, read_compact_weights
 from .formats import (
@@ -52,7 +52,7 @@ def densify_checkpoint(
             f"{source_directory} is not a compact checkpoint: it needs {CONFIG_NAME} and "
             f"{COMPACT_WEIGHTS_NAME}."
         )
-    config = _read_json(config_path)
+    config = read_json_object(config_path)
     quantization = config.pop("quantization_config", None) or {}
     if quantization.get("quant_method") != COMPACT_QUANT_METHOD:
         raise ValueError(f"{config_path} does not declare an hf_afr compact checkpoint.")
@@ -122,14 +122,3 @@ def _copy_other_files(source: str, target: str, skip: set[str], skip_weights: bo
             continue
         if not (skip_weights and is_weights):
             shutil.copyfile(path, os.path.join(target, name))
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}.") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object.")
-    return data

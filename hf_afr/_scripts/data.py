@@ -66,7 +66,7 @@ def hub_or_offline(what: str, timeout: float = 3.0) -> bool:
             socket.create_connection((host.hostname, host.port or 443), timeout=timeout).close()
             return True
         except OSError:
-            logger.warning(
+            logger.info(
                 f"The Hub ({hub_constants.ENDPOINT}) cannot be reached: looking up {what} and "
                 "everything else in the local caches only (as with HF_HUB_OFFLINE=1)."
             )

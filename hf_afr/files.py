@@ -168,7 +168,7 @@ def resolve_file(
             logger.info(f"Could not check the Hub for {name_or_path}/{filename} (offline).")
             return None
         raise OSError(
-            f"Cannot get {filename} of {name_or_path}: the Hub is unreachable (or "
-            "HF_HUB_OFFLINE=1) and the file is not in the cache. Connect once to download it, "
-            "or pass a local folder."
+            f"Cannot get {filename} of {name_or_path}: the Hub cannot be reached or answered "
+            "with an error (or HF_HUB_OFFLINE=1), and the file is not in the cache. Retry with "
+            "Hub access, or pass a local folder."
         ) from None

@@ -13,6 +13,7 @@ Usage:
     with HubServer() as hub:
         hub.endpoint  # "http://127.0.0.1:PORT"
         hub.fail_commits = True  # answer 500 to every commit, after reading it
+        hub.fail_files = {"x.json"}  # answer 500 to every download of these files
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class HubServer:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.fail_commits = False
+        self.fail_files: set[str] = set()
         self.authorizations: list[str] = []
         self.unknown_requests: list[str] = []
         self._lock = threading.Lock()
@@ -280,6 +282,8 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             repo, sha = self._repo(repo_id, revision)
             if repo is None:
                 return
+            if filename in hub.fail_files:
+                return self._error(500, "", "Internal error")
             content = repo.commits[sha].get(filename)
             if content is None:
                 return self._error(

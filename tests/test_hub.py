@@ -108,6 +108,19 @@ def test_round_trip_online_then_offline(hub, pruner, monkeypatch, tmp_path):
     _check_downloads(pruner, "tester/tiny-afr-dense", "tester/tiny-afr-compact")
 
 
+def test_a_failed_download_of_the_masks_is_an_error_not_an_unpruned_model(
+    hub, pruner, monkeypatch
+):
+    pruner.push_to_hub("tester/tiny-afr-flaky")
+    hub.fail_files = {MASKS_NAME}  # the Hub answers 500, however often the client retries
+    monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", lambda seconds: None)
+    with pytest.raises(OSError, match="Cannot get pruning_masks.safetensors"):
+        AFRPruner.from_pretrained("tester/tiny-afr-flaky")
+    hub.fail_files = set()
+    restored = AFRPruner.from_pretrained("tester/tiny-afr-flaky")
+    assert all(torch.equal(restored.masks[k], pruner.masks[k]) for k in pruner.masks)
+
+
 def test_push_updates_the_readme_and_replaces_the_other_format(hub, pruner):
     repo = "tester/tiny-afr-switch"
     pruner.push_to_hub(repo, datasets="cifar10", accuracy=0.5)

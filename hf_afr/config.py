@@ -10,12 +10,13 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .architectures import FEATURE_TOKENS
+
 logger = logging.get_logger(__name__)
 
 PRUNER_CONFIG_NAME = "pruner_config.json"
 
 SCOPES = ("global", "layerwise")
-FEATURE_TOKENS = ("cls", "mean")
 FEATURE_LAYERS = ("encoder", "all")
 
 
@@ -53,7 +54,7 @@ class PrunerConfig:
         metadata={
             "help": "Modules whose weights are prunable. Each entry matches a module name exactly, "
             "as a dotted suffix (e.g. 'q_proj') or as a full regular expression. Default: every "
-            "nn.Linear inside the ViT encoder layers."
+            "nn.Linear inside the encoder blocks (see docs/architectures.md)."
         },
     )
     exclude_modules: list[str] | None = field(
@@ -69,10 +70,15 @@ class PrunerConfig:
         metadata={"help": "Also prune the classifier head weight."},
     )
     feature_token: str = field(
-        default="cls",
+        default="auto",
         metadata={
-            "help": "ReFer/AFR: the per-sample feature of a layer. 'cls': the CLS token "
-            "h[:, 0, :]; 'mean': the mean over all tokens."
+            "help": "ReFer/AFR: the per-sample feature of a layer's output h. 'auto': what the "
+            "family's classification head reads (the CLS token for ViT and DeiT, the patch mean "
+            "for CLIP and BEiT, the token mean for SigLIP, I-JEPA and Swin, CLS + patch mean "
+            "for DINOv2; recorded as the concrete choice when a pruner is built); 'cls': the "
+            "CLS token h[:, 0, :]; 'mean': the mean over all tokens; 'patch_mean': the mean "
+            "over the patch tokens (without CLS, distillation and register tokens); "
+            "'cls_patch_mean': the CLS token concatenated with the patch mean."
         },
     )
     feature_layers: str = field(

@@ -159,6 +159,27 @@ def test_every_criterion_prunes_every_family(model_type, method):
     assert all(torch.all(params[name][~mask] == 0) for name, mask in masks.items())
 
 
+def test_auto_scores_a_vit_exactly_as_the_cls_token_did():
+    batches = tiny_batches(2)
+    auto = AFRPruner(tiny_classifier("vit"), PrunerConfig(feature_token="auto"))
+    cls = AFRPruner(tiny_classifier("vit"), PrunerConfig(feature_token="cls"))
+    assert auto.config == cls.config
+    a, b = (p.compute_scores(batches, show_progress=False) for p in (auto, cls))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_checkpointing_and_micro_batches_leave_every_familys_scores_unchanged(model_type):
+    batches = tiny_batches(1, batch_size=5)
+    plain = AFRPruner(tiny_classifier(model_type), PrunerConfig(num_batches=1))
+    expected = plain.compute_scores(batches, show_progress=False)
+    for option in ({"gradient_checkpointing": True}, {"micro_batch_size": 2}):
+        pruner = AFRPruner(tiny_classifier(model_type), PrunerConfig(num_batches=1, **option))
+        scores = pruner.compute_scores(batches, show_progress=False)
+        for name in expected:
+            torch.testing.assert_close(scores[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- independent scores
 
 
@@ -253,6 +274,18 @@ def test_a_bare_backbone_gets_a_new_head(kind, tmp_path):
     for name in [*pruner.params, f"{patch}.weight"]:
         in_backbone = next(n for n in (name, name.split(".", 1)[1]) if n in source)
         assert torch.equal(source[in_backbone], model.get_parameter(name)), name
+
+
+@pytest.mark.parametrize("kind", ["clip_vision_model", "siglip_vision_model"])
+def test_a_vision_only_checkpoint_in_the_transformers_4_layout_loads(kind, tmp_path):
+    backbone = tiny_backbone(kind)
+    backbone.save_pretrained(tmp_path)  # keys without the 4.x "vision_model." prefix
+    weights = load_file(tmp_path / "model.safetensors")
+    prefixed = {f"vision_model.{k}": v for k, v in weights.items()}
+    save_file(prefixed, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = AFRPruner.from_pretrained(tmp_path, num_labels=2).model
+    for name, param in backbone.named_parameters():
+        assert torch.equal(model.get_parameter(f"vision_model.{name}"), param), name
 
 
 def test_a_checkpoint_missing_encoder_weights_is_refused(tmp_path):

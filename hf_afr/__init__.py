@@ -1,8 +1,9 @@
-"""hf_afr: foresight pruning of pretrained Hugging Face ViTs with SNIP, ReFer and AFR."""
+"""hf_afr: foresight pruning of pretrained Hugging Face vision transformers with SNIP, ReFer and AFR."""
 
 from pathlib import Path
 
 from . import integration  # noqa: F401  (lets transformers load compact checkpoints)
+from .architectures import supported_model_types
 from .config import PrunerConfig
 from .criteria import available_criteria, get_criterion, register_criterion
 from .enforcement import MaskEnforcer, PruningMaskCallback, SparsityViolationError, enforce_masks
@@ -32,4 +33,5 @@ __all__ = [
     "get_criterion",
     "register_criterion",
     "select_masks",
+    "supported_model_types",
 ]

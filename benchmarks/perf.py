@@ -329,7 +329,7 @@ def afr_batched_vjp(model, batches) -> Callable[[], Any]:
                 n = batch["pixel_values"].shape[0]
                 outputs, values = gradients._forward(model, batch, objectives)
                 loss, refer = gradients._objective_values(
-                    outputs, values, batch, objectives, config, n, None, 0
+                    outputs, values, batch, objectives, config, n, None, 0, model.config
                 )
                 eye = torch.eye(2, device=loss.device, dtype=loss.dtype)
                 grads = torch.autograd.grad(

@@ -93,7 +93,10 @@ class AFRPruner:
             k: model_kwargs[k] for k in ("revision", "token", "cache_dir") if k in model_kwargs
         }
         model_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
-        get_architecture(model_config)  # an unsupported family fails here, before any download
+        try:  # an unsupported family fails here, before any weights are downloaded
+            get_architecture(model_config)
+        except ValueError as err:
+            raise ValueError(f"{name_or_path}: {err}") from None
         _complete_label_kwargs(model_kwargs)
         model_kwargs.setdefault("ignore_mismatched_sizes", True)
         model = load_classifier(name_or_path, model_config, **model_kwargs)

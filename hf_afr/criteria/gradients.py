@@ -218,18 +218,26 @@ def _batch_objectives(model, micro_batch, objectives, config, n_total, feature_g
         outputs, values = _forward(model, micro_batch, objectives)
     with record_function("hf_afr::objectives"):
         return _objective_values(
-            outputs, values, micro_batch, objectives, config, n_total, feature_grads, offset, model
+            outputs,
+            values,
+            micro_batch,
+            objectives,
+            config,
+            n_total,
+            feature_grads,
+            offset,
+            model_config=model.config,
         )
 
 
 def _objective_values(
-    outputs, values, micro_batch, objectives, config, n_total, feature_grads, offset, model
+    outputs, values, micro_batch, objectives, config, n_total, feature_grads, offset, model_config
 ):
     n = micro_batch["pixel_values"].shape[0]
     if "loss" in values:
         values["loss"] = values["loss"] * (n / n_total)
     if "refer" in objectives:
-        features = layer_features(outputs.hidden_states, config, model.config)
+        features = layer_features(outputs.hidden_states, config, model_config)
         if feature_grads is None:
             values["refer"] = refer_objective(features)
         else:  # surrogate whose gradient equals dR/dw restricted to these rows

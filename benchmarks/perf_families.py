@@ -7,11 +7,13 @@ ViT's (`ratio_family <= 1.05 * ratio_vit`).
 
 Every variant (3 models x SNIP, ReFer, AFR) runs in the same interleaved rounds, the order
 rotating each round, so machine load hits all of them alike; a ratio is the median of its
-per-round ratios, and "vs ViT" the median of the per-round (family ratio / ViT ratio). Random
-weights, float32 (timing does not depend on the weights).
+per-round ratios, and "vs ViT" the family's ratio over ViT's. Random weights, float32 (timing
+does not depend on the weights). DeiT differs from ViT by one token only: the gap between
+their ratios shows the noise of the run.
 
-    python benchmarks/perf_families.py           # B/16 and Swin-T shapes, batch 4: ~3 min on 2 cores
-    python benchmarks/perf_families.py --quick   # small shapes of the same families: ~40 s
+    python benchmarks/perf_families.py           # B/16 and Swin-T, batch 4: ~1.5 min on 2 quiet cores
+    python benchmarks/perf_families.py --quick   # small shapes of the same families: ~45 s
+    python benchmarks/perf_families.py --threads 1 --clock cpu   # on a busy shared machine
 
 Prints a markdown table (and writes the raw times with `--json PATH`).
 """
@@ -61,8 +63,14 @@ SHAPES = {  # name: (config class, kwargs)
 }
 
 
-# Copied from benchmarks/perf.py (`interleaved`, `ratio`) until both share one module.
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+# Copied from benchmarks/perf.py (`interleaved`, `ratio`) until both share one module; the
+# clock is a choice here (CPU time resists the load of a shared machine).
+def interleaved(
+    fns: dict[str, Callable[[], Any]], rounds: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
     """Per-variant times of `rounds` rounds; the order rotates each round. One warm-up call."""
     names = list(fns)
     for name in names:
@@ -71,9 +79,9 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, lis
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start = clock()
             fns[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
@@ -104,7 +112,7 @@ def scorer(model, batch: dict, method: str) -> Callable[[], Any]:
     return lambda: criterion.score(model, [batch], params, config)
 
 
-def run(size: str, batch_size: int, rounds: int) -> dict:
+def run(size: str, batch_size: int, rounds: int, clock: str = "wall") -> dict:
     fns, models = {}, {}
     for name, (config_class, kwargs) in SHAPES[size].items():
         model = build(config_class, kwargs)
@@ -117,27 +125,30 @@ def run(size: str, batch_size: int, rounds: int) -> dict:
         models[name] = model
         for method in METHODS:
             fns[f"{name} | {method}"] = scorer(model, batch, method)
-    times = interleaved(fns, rounds)
+    times = interleaved(fns, rounds, CLOCKS[clock])
     rows = []
-    vit = next(iter(models))
     for name, model in models.items():
         row = {"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
         for method in ("refer", "afr"):
             row[f"{method}/snip"] = ratio(times, f"{name} | {method}", f"{name} | snip")
-            row[f"{method}/snip vs vit"] = statistics.median(
-                (times[f"{name} | {method}"][r] / times[f"{name} | snip"][r])
-                / (times[f"{vit} | {method}"][r] / times[f"{vit} | snip"][r])
-                for r in range(rounds)
-            )
+            reference = rows[0][f"{method}/snip"] if rows else row[f"{method}/snip"]
+            row[f"{method}/snip vs vit"] = row[f"{method}/snip"]["median"] / reference["median"]
         row["snip_s"] = statistics.median(times[f"{name} | snip"])
         rows.append(row)
-    return {"size": size, "batch_size": batch_size, "rounds": rounds, "rows": rows, "times": times}
+    return {
+        "size": size,
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "clock": clock,
+        "rows": rows,
+        "times": times,
+    }
 
 
 def markdown(result: dict) -> str:
     lines = [
-        f"Scoring time by family, batch {result['batch_size']} x 1, {result['rounds']} interleaved "
-        f"rounds (target: each ratio <= {TARGET:.2f} x ViT's)",
+        f"Scoring time by family ({result['clock']} clock), batch {result['batch_size']} x 1, "
+        f"{result['rounds']} interleaved rounds (target: each ratio <= {TARGET:.2f} x ViT's)",
         "",
         "| model | params | SNIP | ReFer/SNIP | vs ViT | AFR/SNIP | vs ViT | verdict |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -161,15 +172,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few rounds")
     parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--rounds", type=int, help="default: 9 (full), 5 (quick)")
+    parser.add_argument("--rounds", type=int, help="default: 11 (full), 15 (quick)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="'wall' (as perf.py) or 'cpu' (process CPU time: with --threads 1, robust to the "
+        "load of a shared machine)",
+    )
     parser.add_argument("--json", help="also write the raw times and ratios to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rounds = args.rounds or (5 if args.quick else 9)
+    rounds = args.rounds or (15 if args.quick else 11)
     started = time.perf_counter()
-    result = run("quick" if args.quick else "full", args.batch_size, rounds)
+    result = run("quick" if args.quick else "full", args.batch_size, rounds, args.clock)
     result["seconds"] = time.perf_counter() - started
     result["threads"] = torch.get_num_threads()
     result["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -85,7 +85,8 @@ class PrunerConfig:
         default="encoder",
         metadata={
             "help": "ReFer/AFR: hidden states whose feature matrices enter the objective. "
-            "'encoder': the outputs of the L encoder layers; 'all': the embedding output too."
+            "'encoder': the outputs of the L encoder blocks (Swin: of its stages); 'all': the "
+            "embedding output too."
         },
     )
     num_batches: int = field(

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertConfig, BertModel, ConvNextConfig, ConvNextModel
 
-from hf_afr import AFRPruner, PrunerConfig, find_prunable_parameters
+from hf_afr import AFRPruner, PrunerConfig, find_prunable_parameters, get_criterion
 from hf_afr.architectures import (
     ARCHITECTURES,
     encoder_blocks,
@@ -229,10 +229,20 @@ def test_snip_and_refer_gradients_match_hooks_and_finite_differences(model_type)
     grads = accumulate_gradients(model, [batch], params, config, ("loss", "refer"))
 
     objectives = hooked_objectives(model, model_type, batch)
-    for objective, ours in zip(objectives, grads):
-        reference = torch.autograd.grad(objective, list(params.values()), retain_graph=True)
+    references = [
+        torch.autograd.grad(objective, list(params.values()), retain_graph=True)
+        for objective in objectives
+    ]
+    for ours, reference in zip(grads, references):
         for (name, g), ref in zip(ours.items(), reference):
             torch.testing.assert_close(g, ref.float(), rtol=1e-4, atol=1e-7, msg=name)
+    # The scores: |g * w| with the reference gradients.
+    for method, reference in zip(("snip", "refer"), references):
+        scores = get_criterion(method).score(model, [batch], params, config)
+        for (name, p), ref in zip(params.items(), reference):
+            expected = (ref * p.detach()).abs().float()
+            atol = 1e-6 * expected.abs().max().item()  # the loss is taken on float32 logits
+            torch.testing.assert_close(scores[name], expected, rtol=1e-4, atol=atol)
 
     # Central finite differences of the hooked objectives along one random direction.
     generator = torch.Generator().manual_seed(0)

@@ -39,7 +39,7 @@ class VisionArchitecture:
 
     Args:
         model_type (`str`): `config.model_type` of the family's classifier checkpoints.
-        name (`str`): the family's name in messages and model cards.
+        name (`str`): the family's name in messages.
         model_class (`str`): the transformers class with the classification head.
         head_feature (`str`): what that head reads from the last hidden state, as a
             `feature_token` choice: the `"auto"` feature of ReFer.

@@ -9,8 +9,12 @@ each with SNIP, ReFer and AFR. Every run is one `scripts/finetune.py` call (thro
     python benchmarks/paper_setting.py --output_dir paper_runs --launcher accelerate
     python benchmarks/paper_setting.py --output_dir paper_runs --collect_only   # tables only
 
-`--dry_run` swaps in tiny local stand-ins (a random ViT, small generated imagefolders, two
-training steps) and runs the same code path offline in a few seconds per run. Finished runs
+Beyond the paper, `--models` / `--general_models` also take `deit` (DeiT-B/16) and `dinov2`
+(DINOv2-B), e.g. `--general_models supervised deit dinov2 --models supervised dino deit dinov2`
+extends both tables; the default grid is the paper's.
+
+`--dry_run` swaps in tiny local stand-ins (a random model of each model key's family, published
+as the Hub checkpoint is, small generated imagefolders, two training steps) and runs the same code path offline in a few seconds per run. Finished runs
 (an `all_results.json` with `eval_accuracy`) are skipped, so an interrupted grid resumes.
 """
 
@@ -156,14 +160,16 @@ def read_accuracy(output_dir: Path, run: Run) -> float | None:
     return json.loads(path.read_text()).get("eval_accuracy")
 
 
-def make_stand_ins(root: Path) -> dict:
-    """A tiny random ViT per model key and a small imagefolder, all generated offline."""
+def make_stand_ins(root: Path, models_table: dict[str, dict[str, str]]) -> dict:
+    """Per model key a tiny random model of its family, saved as the Hub checkpoint is
+    (`model_type`, `published_as` in paper/models.csv), and a small imagefolder, offline."""
     import numpy as np
     import torch
+    import transformers
     from PIL import Image
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
+    from transformers import AutoConfig, ViTImageProcessor
 
-    config = ViTConfig(
+    tiny = dict(
         image_size=32,
         patch_size=8,
         hidden_size=32,
@@ -171,12 +177,11 @@ def make_stand_ins(root: Path) -> dict:
         num_attention_heads=2,
         intermediate_size=64,
     )
-    torch.manual_seed(0)
     models = {}
-    for key, model in (
-        ("supervised", ViTForImageClassification(config)),
-        ("dino", ViTModel(config, add_pooling_layer=False)),
-    ):
+    for key, row in models_table.items():
+        torch.manual_seed(0)
+        config = AutoConfig.for_model(row["model_type"], **tiny)
+        model = getattr(transformers, row["published_as"])(config)
         path = root / "models" / key
         model.save_pretrained(path)
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
@@ -260,10 +265,17 @@ def parse_args(argv=None):
         "--datasets", nargs="+", help="dataset keys (default: all in paper/datasets.csv)"
     )
     p.add_argument(
-        "--models", nargs="+", default=["supervised", "dino"], help="fine-grained models"
+        "--models",
+        nargs="+",
+        default=["supervised", "dino"],
+        help="fine-grained models: keys of paper/models.csv (supervised, dino; beyond the "
+        "paper: deit, dinov2)",
     )
     p.add_argument(
-        "--general_models", nargs="+", default=["supervised"], help="general-task models"
+        "--general_models",
+        nargs="+",
+        default=["supervised"],
+        help="general-task models (keys of paper/models.csv, as --models)",
     )
     p.add_argument(
         "--methods",
@@ -302,7 +314,7 @@ def main(argv=None) -> str:
         datasets = {k: datasets[k] for k in args.datasets}
     output_dir = Path(args.output_dir)
     runs = plan_runs(args, datasets, models)
-    stand_ins = make_stand_ins(output_dir / "_stand_ins") if args.dry_run else None
+    stand_ins = make_stand_ins(output_dir / "_stand_ins", models) if args.dry_run else None
     for i, run in enumerate(runs, 1):
         if args.collect_only or read_accuracy(output_dir, run) is not None:
             continue

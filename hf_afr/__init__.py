@@ -31,6 +31,7 @@ _LAZY_ATTRIBUTES = {
     "get_criterion": ".criteria",
     "register_criterion": ".criteria",
     "select_masks": ".masks",
+    "supported_model_types": ".architectures",
 }
 
 __all__ = [
@@ -49,9 +50,11 @@ __all__ = [
     "get_criterion",
     "register_criterion",
     "select_masks",
+    "supported_model_types",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on demand
+    from .architectures import supported_model_types
     from .config import PrunerConfig
     from .criteria import available_criteria, get_criterion, register_criterion
     from .enforcement import (

@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .architectures import FEATURE_TOKENS
 from .criteria import available_criteria, get_criterion
 from .files import atomic_write_text, read_json_object, resolve_file
 from .version import __version__
@@ -19,7 +20,6 @@ logger = logging.get_logger(__name__)
 PRUNER_CONFIG_NAME = "pruner_config.json"  # also listed in `checkpoint.formats`
 
 SCOPES = ("global", "layerwise")
-FEATURE_TOKENS = ("cls", "mean")
 FEATURE_LAYERS = ("encoder", "all")
 
 
@@ -57,7 +57,7 @@ class PrunerConfig:
         metadata={
             "help": "Modules whose weights are prunable. Each entry matches a module name exactly, "
             "as a dotted suffix (e.g. 'q_proj') or as a full regular expression. Default: every "
-            "nn.Linear inside the ViT encoder layers."
+            "nn.Linear inside the encoder blocks (see docs/architectures.md)."
         },
     )
     exclude_modules: list[str] | None = field(
@@ -73,17 +73,23 @@ class PrunerConfig:
         metadata={"help": "Also prune the classifier head weight."},
     )
     feature_token: str = field(
-        default="cls",
+        default="auto",
         metadata={
-            "help": "ReFer/AFR: the per-sample feature of a layer. 'cls': the CLS token "
-            "h[:, 0, :]; 'mean': the mean over all tokens."
+            "help": "ReFer/AFR: the per-sample feature of a layer's output h. 'auto': what the "
+            "family's classification head reads (the CLS token for ViT and DeiT, the patch mean "
+            "for CLIP and BEiT, the token mean for SigLIP, I-JEPA and Swin, CLS + patch mean "
+            "for DINOv2; recorded as the concrete choice when a pruner is built); 'cls': the "
+            "CLS token h[:, 0, :]; 'mean': the mean over all tokens; 'patch_mean': the mean "
+            "over the patch tokens (without CLS, distillation and register tokens); "
+            "'cls_patch_mean': the CLS token concatenated with the patch mean."
         },
     )
     feature_layers: str = field(
         default="encoder",
         metadata={
             "help": "ReFer/AFR: hidden states whose feature matrices enter the objective. "
-            "'encoder': the outputs of the L encoder layers; 'all': the embedding output too."
+            "'encoder': the outputs of the L encoder blocks (Swin: of its stages); 'all': the "
+            "embedding output too."
         },
     )
     num_batches: int = field(

@@ -1,7 +1,8 @@
-"""`AFRPruner`: load a ViT, score its prunable weights, select and apply the masks."""
+"""`AFRPruner`: load a vision transformer, score its prunable weights, select and apply the masks."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Iterable, Mapping
@@ -9,9 +10,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, ViTForImageClassification
+from transformers import AutoConfig
 from transformers.utils import logging
 
+from .architectures import get_architecture, resolve_feature_token
 from .checkpoint.card import create_model_card
 from .checkpoint.load import (
     is_compact_config,
@@ -32,7 +34,10 @@ logger = logging.get_logger(__name__)
 
 
 class AFRPruner:
-    """Single-shot pruning of a `ViTForImageClassification` with SNIP, ReFer or AFR.
+    """Single-shot pruning of a vision transformer classifier with SNIP, ReFer or AFR.
+
+    Works on every family of `hf_afr.architectures.ARCHITECTURES` (ViT, DeiT, DINOv2, BEiT,
+    CLIP, SigLIP, Swin, ...), as its transformers `*ForImageClassification` model.
 
     Example:
         ```python
@@ -47,15 +52,16 @@ class AFRPruner:
     """
 
     def __init__(self, model: nn.Module, config: PrunerConfig | None = None):
-        if not isinstance(model, ViTForImageClassification):
+        arch = get_architecture(model)
+        if not isinstance(model, arch.model_cls):
             raise ValueError(
-                f"AFRPruner works on transformers' ViTForImageClassification, got "
-                f"{type(model).__name__}. Load a ViT checkpoint with AFRPruner.from_pretrained."
+                f"AFRPruner works on a {arch.name} model as transformers' {arch.model_class}, "
+                f"got {type(model).__name__}; load the checkpoint with AFRPruner.from_pretrained."
             )
         if config is not None and not isinstance(config, PrunerConfig):
             raise ValueError(f"`config` must be a PrunerConfig, got {type(config).__name__}.")
         self.model = model
-        self.config = config if config is not None else PrunerConfig()
+        self.config = _with_concrete_feature(config or PrunerConfig(), model.config)
         self.params = find_prunable_parameters(model, self.config)
         self.masks: dict[str, torch.Tensor] = {}
         # Hub id of the unpruned model, for model cards (set by `from_pretrained`).
@@ -70,31 +76,32 @@ class AFRPruner:
         config: PrunerConfig | None = None,
         **model_kwargs: Any,
     ) -> AFRPruner:
-        """Load a ViT from the Hub or a local folder, ready to prune.
+        """Load a vision transformer from the Hub or a local folder, ready to prune.
 
         Args:
-            name_or_path (`str` or `os.PathLike`): Hub id (e.g. `"google/vit-base-patch16-224"`)
-                or local folder of a ViT checkpoint: a classifier, a bare `ViTModel` (as
-                `facebook/dino-vitb16`) or a checkpoint pruned by hf_afr, dense or compact
-                (whose config and masks are restored).
+            name_or_path (`str` or `os.PathLike`): Hub id (e.g. `"google/vit-base-patch16-224"`,
+                `"facebook/dinov2-base"`) or local folder of a checkpoint of a supported family
+                (`hf_afr.architectures.supported_model_types()`): a classifier, a bare backbone
+                (`ViTModel` as `facebook/dino-vitb16`, `Dinov2Model`, `CLIPModel`,
+                `CLIPVisionModel`, `SwinModel`, ...; it gets a new head) or a checkpoint pruned
+                by hf_afr, dense or compact (whose config and masks are restored).
             config (`PrunerConfig`, *optional*): pruning options; defaults to the checkpoint's
                 `pruner_config.json` if it has one, else `PrunerConfig()`.
-            model_kwargs: passed to `ViTForImageClassification.from_pretrained` (`num_labels`,
-                `id2label`, `label2id`, `torch_dtype`, `revision`, ...). A classifier head whose
-                size does not match `num_labels` is replaced by a new one.
+            model_kwargs: passed to the family's `*ForImageClassification.from_pretrained`
+                (`num_labels`, `id2label`, `label2id`, `dtype`, `revision`, ...). A classifier
+                head whose size does not match `num_labels` is replaced by a new one.
         """
         name_or_path = os.fspath(name_or_path)
         hub_kwargs = {
             k: model_kwargs[k] for k in ("revision", "token", "cache_dir") if k in model_kwargs
         }
         model_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
-        if model_config.model_type != "vit":
-            raise ValueError(
-                f"{name_or_path} is a {model_config.model_type!r} model; AFRPruner supports ViT "
-                "checkpoints (model_type 'vit'), e.g. google/vit-base-patch16-224 or facebook/dino-vitb16."
-            )
+        try:  # an unsupported family fails here, before any weights are downloaded
+            get_architecture(model_config)
+        except ValueError as err:
+            raise ValueError(f"{name_or_path}: {err}") from None
         _complete_label_kwargs(model_kwargs)
-        model = load_classifier(ViTForImageClassification, name_or_path, model_kwargs)
+        model = load_classifier(name_or_path, model_config, model_kwargs)
         saved_config, saved_masks = load_pruning_state(
             name_or_path, is_compact=is_compact_config(model_config), **hub_kwargs
         )
@@ -231,14 +238,15 @@ class AFRPruner:
         )
 
     def create_model_card(self, checkpoint_format: str = "dense", **kwargs: Any):
-        """The `huggingface_hub.ModelCard` of the pruned model (see `hf_afr.model_card`).
+        """The `huggingface_hub.ModelCard` of the pruned model (see `hf_afr.checkpoint.card`).
 
         Args:
             checkpoint_format (`str`, defaults to `"dense"`): the format the card describes.
-            kwargs: passed to `hf_afr.model_card.create_model_card` (`repo_id`, `base_model`,
+            kwargs: passed to `hf_afr.checkpoint.card.create_model_card` (`repo_id`, `base_model`,
                 `datasets`, `accuracy`, `eval_dataset`, `eval_split`, `license`, `tags`, `command`).
         """
         kwargs.setdefault("base_model", self.base_model)
+        kwargs["tags"] = [self.model.config.model_type, *(kwargs.get("tags") or [])]
         return create_model_card(
             self.config, self.masks, checkpoint_format=checkpoint_format, **kwargs
         )
@@ -279,6 +287,16 @@ class AFRPruner:
             else self.image_processor,
             **card_kwargs,
         )
+
+
+def _with_concrete_feature(config: PrunerConfig, model_config: Any) -> PrunerConfig:
+    """`config` with `feature_token="auto"` replaced by the family's choice (a copy), so that a
+    saved `pruner_config.json` records the feature that produced the masks."""
+    feature = resolve_feature_token(model_config, config.feature_token)
+    if feature == config.feature_token:
+        return config
+    logger.info(f"feature_token='auto' reads {feature!r} for a {model_config.model_type} model.")
+    return dataclasses.replace(config, feature_token=feature)
 
 
 def _complete_label_kwargs(kwargs: dict[str, Any]) -> None:

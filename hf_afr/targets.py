@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from torch import nn
-from transformers.models.vit.modeling_vit import ViTLayer, ViTPatchEmbeddings
 
+from .architectures import encoder_blocks, get_architecture, module_names
 from .config import PrunerConfig
 
 
@@ -23,35 +23,37 @@ def _matches(name: str, patterns: list[str]) -> bool:
 
 
 def _encoder_linear_names(model: nn.Module) -> set[str]:
-    names = set()
-    for layer_name, layer in model.named_modules():
-        if isinstance(layer, ViTLayer):
-            for sub_name, sub in layer.named_modules():
-                if isinstance(sub, nn.Linear):
-                    names.add(f"{layer_name}.{sub_name}")
-    return names
+    return {
+        f"{block_name}.{sub_name}"
+        for block_name, block in encoder_blocks(model).items()
+        for sub_name, sub in block.named_modules()
+        if isinstance(sub, nn.Linear)
+    }
 
 
 def _special_module_names(model: nn.Module, config: PrunerConfig) -> set[str]:
+    if not (config.prune_patch_embeddings or config.prune_classifier):
+        return set()
+    arch = get_architecture(model)
     names = set()
-    for name, module in model.named_modules():
-        if config.prune_patch_embeddings and isinstance(module, ViTPatchEmbeddings):
-            names.add(f"{name}.projection")
-    if config.prune_classifier:
-        head = getattr(model, "classifier", None)
-        if isinstance(head, nn.Linear):
-            names.add("classifier")
+    if config.prune_patch_embeddings:
+        names.update(module_names(model, arch.patch_embedding, nn.Conv2d))
+    head = dict(model.named_modules()).get(arch.head)
+    if config.prune_classifier and isinstance(head, nn.Linear):
+        names.add(arch.head)
     return names
 
 
 def find_prunable_parameters(model: nn.Module, config: PrunerConfig) -> dict[str, nn.Parameter]:
     """Return `{parameter name: weight}` for every prunable weight of `model`, in model order.
 
-    Default: the weights of every `nn.Linear` inside the ViT encoder layers (attention
-    query/key/value/output and MLP). `config.target_modules` replaces that set,
-    `prune_patch_embeddings` / `prune_classifier` add to it, `exclude_modules` removes
-    from it. Only `nn.Linear` and `nn.Conv2d` weights qualify: biases, norms, position
-    embeddings and the CLS token are never pruned.
+    Default: the weights of every `nn.Linear` inside the encoder blocks (attention
+    query/key/value/output and MLP; for Swin also each stage's patch-merging reduction),
+    found structurally (`hf_afr.architectures.encoder_blocks`). `config.target_modules`
+    replaces that set, `prune_patch_embeddings` / `prune_classifier` add the family's patch
+    embedding / head (`hf_afr.architectures.ARCHITECTURES`), `exclude_modules` removes from
+    it. Only `nn.Linear` and `nn.Conv2d` weights qualify: biases, norms, position
+    embeddings and the CLS, distillation and register tokens are never pruned.
     """
     if config.target_modules is not None:
         selected = {

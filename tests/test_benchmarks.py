@@ -65,6 +65,25 @@ def test_paper_setting_dry_run_fills_the_paper_tables(tmp_path):
     )
 
 
+def test_paper_setting_dry_run_with_the_deit_and_dinov2_models(tmp_path):
+    paper = load("paper_setting")
+    out = tmp_path / "runs"
+    table = paper.main(
+        [
+            "--output_dir", str(out), "--dry_run", "--launcher", "inprocess",
+            "--datasets", "oxford-pets", "--methods", "afr", "--models", "deit", "dinov2",
+        ]
+    )  # fmt: skip
+    assert "afr deit | afr dinov2" in table
+    raw = json.loads((out / "paper_results.json").read_text())
+    assert sorted(raw) == ["deit/oxford-pets/0.8/afr", "dinov2/oxford-pets/0.8/afr"]
+    dinov2 = out / "dinov2" / "oxford-pets" / "afr-s0.8-seed42"
+    assert json.loads((dinov2 / "config.json").read_text())["model_type"] == "dinov2"
+    assert json.loads((dinov2 / "pruner_config.json").read_text())["feature_token"] == (
+        "cls_patch_mean"
+    )
+
+
 def test_paper_setting_builds_the_real_commands():
     paper = load("paper_setting")
     args = paper.parse_args(["--output_dir", "o"])
@@ -72,7 +91,10 @@ def test_paper_setting_builds_the_real_commands():
     runs = paper.plan_runs(args, datasets, models)
     general = [r for r in runs if datasets[r.dataset]["group"] == "general"]
     fine = [r for r in runs if datasets[r.dataset]["group"] == "fine-grained"]
-    assert len(general) == 3 * 3 * 3 and len(fine) == 10 * 2 * 3
+    assert len(general) == 3 * 3 * 3 and len(fine) == 10 * 2 * 3  # the paper's grid by default
+    assert {"deit", "dinov2"} <= set(models)
+    assert models["dinov2"]["hub_id"] == "facebook/dinov2-base"
+    assert models["deit"]["hub_id"] == "facebook/deit-base-patch16-224"
     argv = paper.finetune_args(general[0], args, datasets, models, None)
     assert argv[argv.index("--model_name_or_path") + 1] == "google/vit-base-patch16-224"
     assert argv[argv.index("--dataset_name") + 1] == "uoft-cs/cifar10"
@@ -115,3 +137,26 @@ def test_replication_benchmark_runs_on_a_toy_size(tmp_path):
             assert r["sparsity_measured"] == pytest.approx(0.9, abs=1e-4)
     assert (out / "results.png").stat().st_size > 0
     assert "| afr (token mean) |" in (out / "results.md").read_text()
+
+
+def test_family_perf_benchmark_runs_on_toy_shapes(monkeypatch):
+    perf_families = load("perf_families")
+    toy = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2)
+    toy |= dict(num_attention_heads=2, intermediate_size=64)
+    swin = dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2])
+    monkeypatch.setitem(
+        perf_families.SHAPES,
+        "toy",
+        {
+            "ViT": ("ViTConfig", toy),
+            "DeiT": ("DeiTConfig", toy),
+            "Swin": ("SwinConfig", swin | {"window_size": 4}),
+        },
+    )
+    result = perf_families.run("toy", batch_size=2, rounds=2)
+    assert [row["model"] for row in result["rows"]] == ["ViT", "DeiT", "Swin"]
+    assert all(len(t) == 2 for t in result["times"].values()) and len(result["times"]) == 9
+    vit = result["rows"][0]
+    assert vit["refer/snip vs vit"] == vit["afr/snip vs vit"] == 1.0
+    table = perf_families.markdown(result)
+    assert table.count("\n| ") == 4 and "| ViT |" in table and "reference" in table

@@ -1,10 +1,11 @@
 import json
 
 import pytest
+from helpers import tiny_vit
 from transformers import HfArgumentParser
 
 import hf_afr
-from hf_afr import PrunerConfig
+from hf_afr import AFRPruner, PrunerConfig
 from hf_afr.config import PRUNER_CONFIG_NAME
 
 
@@ -12,7 +13,9 @@ def test_defaults_follow_the_paper():
     config = PrunerConfig()
     assert config.method == "afr"
     assert config.scope == "global"
-    assert config.feature_token == "cls"
+    # "auto": what the family's head reads, recorded concretely: the CLS token for a ViT.
+    assert config.feature_token == "auto"
+    assert AFRPruner(tiny_vit(), config).config.feature_token == "cls"
     assert config.feature_layers == "encoder"
     assert config.min_density == 0.0
 

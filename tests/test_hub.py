@@ -108,9 +108,7 @@ def test_round_trip_online_then_offline(hub, pruner, monkeypatch, tmp_path):
     _check_downloads(pruner, "tester/tiny-afr-dense", "tester/tiny-afr-compact")
 
 
-def test_a_failed_download_of_the_masks_is_an_error_not_an_unpruned_model(
-    hub, pruner, monkeypatch
-):
+def test_a_failed_download_of_the_masks_is_an_error_not_an_unpruned_model(hub, pruner, monkeypatch):
     pruner.push_to_hub("tester/tiny-afr-flaky")
     hub.fail_files = {MASKS_NAME}  # the Hub answers 500, however often the client retries
     monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", lambda seconds: None)

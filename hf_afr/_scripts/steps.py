@@ -27,6 +27,14 @@ logger = logging.get_logger("hf_afr.scripts")
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
+class _StdoutHandler(std_logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time (it may be replaced, e.g. by a test)."""
+
+    def emit(self, record: std_logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 class _Formatter(std_logging.Formatter):
     """Plain lines for progress, the level in front of anything that needs attention."""
 
@@ -52,7 +60,7 @@ def setup_logging(log_level: str, is_main_process: bool, show_progress: bool) ->
     own = std_logging.getLogger("hf_afr")
     own.setLevel(std_logging.INFO if is_main_process else std_logging.WARNING)
     if not own.handlers:
-        handler = std_logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(_Formatter())
         own.addHandler(handler)
         own.propagate = False
@@ -114,7 +122,7 @@ def load_pruner(
         resumed.set_masks(load_masks(os.path.join(resume_checkpoint, MASKS_NAME)))
         return resumed
     if pruner.masks:
-        if pruner.config != pruner_config:
+        if pruner.config != _with(pruner, pruner_config).config:  # "auto" features resolved
             logger.warning(
                 f"{model_args.model_name_or_path} is already pruned ({pruner.config.method}, "
                 f"sparsity {pruner.config.sparsity}); its masks are reused and the pruning "

@@ -109,7 +109,7 @@ def create_model_card(
         raise ValueError("The model card describes a pruned model: prune it (or load masks) first.")
     hub_base_model = base_model if base_model and _is_hub_id(base_model) else None
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or []) or None
-    model_name = model_name or (repo_id.split("/")[-1] if repo_id else "pruned-vit")
+    model_name = model_name or (repo_id.split("/")[-1] if repo_id else "pruned-model")
     report = SparsityReport.from_masks(dict(masks))
     method = pruner_config.method
     title, description = METHODS.get(method, (method, ""))

@@ -86,8 +86,6 @@ def compact_checkpoint(
     Returns:
         `dict[str, CompactEntry]`: the pruned tensors written, keyed by disk key.
     """
-    from transformers import AutoModelForImageClassification
-
     source_directory = os.fspath(source_directory)
     masks_file = os.path.join(source_directory, MASKS_NAME)
     config_file = os.path.join(source_directory, PRUNER_CONFIG_NAME)
@@ -97,7 +95,7 @@ def compact_checkpoint(
             "pruned and saved by hf_afr (AFRPruner.save_pretrained) can be made compact."
         )
     masks = load_masks(masks_file)
-    model = load_classifier(AutoModelForImageClassification, source_directory, {})
+    model = load_classifier(source_directory)
     check_weights_follow_masks(model, masks, source_directory)
     save_directory = os.fspath(save_directory)
     with staged_directory(save_directory) as staging:

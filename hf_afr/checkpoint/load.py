@@ -15,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.utils import logging
 
+from ..architectures import get_architecture, load_family_classifier
 from ..config import PrunerConfig
 from ..files import resolve_file
 from ..report import SparsityReport
@@ -30,32 +31,45 @@ from .masks_file import load_masks
 logger = logging.get_logger(__name__)
 
 
-def load_classifier(model_class: Any, name_or_path: str, model_kwargs: dict[str, Any]) -> nn.Module:
-    """`model_class.from_pretrained`, with transformers' load report replaced by clear lines.
+def load_classifier(
+    name_or_path: str, model_config: Any = None, model_kwargs: dict[str, Any] | None = None
+) -> nn.Module:
+    """The family's classification model of a checkpoint, loaded with clear lines, not a report.
 
-    A new classification head (a bare backbone, or a head resized to `num_labels`) is intended:
-    one info line. Any other weight that is missing or does not fit is a warning. A truncated or
-    corrupt local weights file is a `ValueError` naming the file.
+    transformers' load report is replaced: a new classification head (a bare backbone, or a
+    head resized to `num_labels`) is intended, so it is one info line; any other weight that is
+    missing or does not fit is a warning. A truncated or corrupt weights file is a `ValueError`
+    naming the file. See `hf_afr.architectures.load_family_classifier` for what is loaded.
+
+    Args:
+        name_or_path (`str`): Hub id or local folder.
+        model_config (*optional*): the checkpoint's config; read from it if not given.
+        model_kwargs (`dict`, *optional*): passed to `from_pretrained`; a head of another size
+            is replaced (`ignore_mismatched_sizes=True`) unless the caller says otherwise.
     """
+    from transformers import AutoConfig
+
     if os.path.isdir(name_or_path):
         check_safetensors_files(name_or_path)
-    model_kwargs = {"ignore_mismatched_sizes": True, **model_kwargs}
+    kwargs = {"ignore_mismatched_sizes": True, **(model_kwargs or {})}
     try:
         with quiet_transformers():
-            model, info = model_class.from_pretrained(
-                name_or_path, output_loading_info=True, **model_kwargs
-            )
+            if model_config is None:
+                model_config = AutoConfig.from_pretrained(name_or_path)
+            model, info = load_family_classifier(name_or_path, model_config, **kwargs)
     except SafetensorError as err:
         raise ValueError(
             f"Cannot read the weights of {name_or_path}: {err}. The file is truncated or corrupt; "
             "re-save or re-download it."
         ) from err
-    _log_loading_info(model, name_or_path, info)
+    _log_loading_info(model, name_or_path, info, get_architecture(model).head)
     return model
 
 
-def _log_loading_info(model: nn.Module, name_or_path: str, info: Mapping[str, Any]) -> None:
-    head = {name for name, _ in model.named_parameters() if name.split(".")[0] == "classifier"}
+def _log_loading_info(
+    model: nn.Module, name_or_path: str, info: Mapping[str, Any], head_name: str
+) -> None:
+    head = {name for name, _ in model.named_parameters() if name.split(".")[0] == head_name}
     mismatched = [key for key, *_ in info.get("mismatched_keys", [])]
     missing = list(info.get("missing_keys", []))
     new = sorted(k for k in [*missing, *mismatched] if k in head)
@@ -200,8 +214,6 @@ def inspect_checkpoint(folder: str | os.PathLike) -> tuple[str, SparsityReport]:
         ValueError: if the folder holds no masks, a file is unreadable, or a pruned weight is
             nonzero (the weights and masks do not belong together).
     """
-    from transformers import AutoModelForImageClassification
-
     folder = os.fspath(folder)
     compact = os.path.join(folder, COMPACT_WEIGHTS_NAME)
     sidecar = os.path.join(folder, MASKS_NAME)
@@ -218,6 +230,6 @@ def inspect_checkpoint(folder: str | os.PathLike) -> tuple[str, SparsityReport]:
         raise ValueError(
             f"{folder} holds neither {MASKS_NAME} nor {COMPACT_WEIGHTS_NAME}: not pruned by hf_afr."
         )
-    model = load_classifier(AutoModelForImageClassification, folder, {})
+    model = load_classifier(folder)
     check_weights_follow_masks(model, masks, folder)
     return header + "; weights checked against the masks", SparsityReport.from_masks(masks)

@@ -191,6 +191,19 @@ if _IMPORT_ERROR is None:
         def get_load_operations(self) -> dict:
             return {"deserialize": AFRCompactDecode, "dequantize": AFRCompactDecode}
 
+        def update_weight_conversions(self, weight_conversions, model):
+            # A one-to-many converter of the model's own mapping (DINOv2's `mlp.weights_in` ->
+            # gate/up split) cannot also collect the compact companions, and hf_afr writes no such
+            # keys: keep it as it is. (A file that had them fails the count check after loading.)
+            splits = [
+                c
+                for c in weight_conversions
+                if len(getattr(c, "_original_target_patterns", ())) > 1
+                and getattr(c, "operations", None)
+            ]
+            others = [c for c in weight_conversions if not any(c is s for s in splits)]
+            return splits + super().update_weight_conversions(others, model)
+
         def _process_model_after_weight_loading(self, model, **kwargs):
             if len(self.decoded) != self.expected:
                 raise ValueError(

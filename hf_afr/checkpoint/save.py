@@ -91,6 +91,7 @@ def save_pruned_checkpoint(
             if os.path.isfile(os.path.join(staging, weights)):
                 kwargs.setdefault("weights_size", os.path.getsize(os.path.join(staging, weights)))
             kwargs.setdefault("has_image_processor", image_processor is not None or had_processor)
+            kwargs["tags"] = [model.config.model_type, *(kwargs.get("tags") or [])]
             card = create_model_card(
                 pruner_config, masks, checkpoint_format=checkpoint_format, **kwargs
             )

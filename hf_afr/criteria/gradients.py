@@ -47,6 +47,7 @@ from torch import nn
 from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
+from ..architectures import encoder_blocks, feature_reader
 from ..distributed import all_reduce_gradient_sums
 
 OBJECTIVES = ("loss", "refer")
@@ -87,21 +88,21 @@ def scoring_mode(
 
 @contextlib.contextmanager
 def checkpointed_layers(model: nn.Module) -> Iterator[list[nn.Module]]:
-    """Activation checkpointing of every transformers `GradientCheckpointingLayer`, in eval mode.
+    """Activation checkpointing of the encoder blocks (the outermost transformers
+    `GradientCheckpointingLayer`s, so Swin's blocks are not checkpointed twice), in eval mode.
 
     transformers only checkpoints a layer whose `.training` is True, which would also turn on
     dropout. Here each layer's `forward` is wrapped (on the instance) in non-reentrant
     `torch.utils.checkpoint.checkpoint` instead; modes and the model's own checkpointing
     settings are not touched, and the original `forward` is restored on exit.
     """
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    if not layers:
+    try:
+        layers = list(encoder_blocks(model).values())
+    except ValueError:
         raise ValueError(
             f"`gradient_checkpointing=True` but {type(model).__name__} has no transformers "
             "GradientCheckpointingLayer to checkpoint; set `gradient_checkpointing=False`."
-        )
+        ) from None
     previous = {layer: layer.__dict__.get("forward") for layer in layers}
     try:
         for layer in layers:
@@ -158,12 +159,21 @@ def prepare_batch(batch: Any, model: nn.Module, needs_labels: bool) -> dict[str,
     return prepared
 
 
-def layer_features(hidden_states: Sequence[torch.Tensor], config) -> list[torch.Tensor]:
-    """One N x D float32 feature matrix per selected hidden state."""
+def layer_features(
+    hidden_states: Sequence[torch.Tensor], config, model_config
+) -> list[torch.Tensor]:
+    """One N x D float32 feature matrix per selected hidden state.
+
+    Args:
+        hidden_states: the model's `hidden_states` (embedding output first, then one per
+            encoder block; per stage for Swin).
+        config (`PrunerConfig`): `feature_layers` and `feature_token`.
+        model_config: the model's config; its family (`hf_afr.architectures`) says which
+            tokens are patches and what `feature_token="auto"` reads.
+    """
+    read = feature_reader(model_config, config.feature_token)
     states = hidden_states[1:] if config.feature_layers == "encoder" else hidden_states
-    if config.feature_token == "cls":
-        return [h[:, 0, :].float() for h in states]
-    return [h.float().mean(dim=1) for h in states]
+    return [read(h) for h in states]
 
 
 def refer_objective(features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -195,6 +205,7 @@ def _refer_feature_grads(model, micro_batches, config) -> list[torch.Tensor]:
             layer_features(
                 model(pixel_values=mb["pixel_values"], output_hidden_states=True).hidden_states,
                 config,
+                model.config,
             )
             for mb in micro_batches
         ]
@@ -209,18 +220,26 @@ def _batch_objectives(model, micro_batch, objectives, config, n_total, feature_g
         outputs, values = _forward(model, micro_batch, objectives)
     with record_function("hf_afr::objectives"):
         return _objective_values(
-            outputs, values, micro_batch, objectives, config, n_total, feature_grads, offset
+            outputs,
+            values,
+            micro_batch,
+            objectives,
+            config,
+            n_total,
+            feature_grads,
+            offset,
+            model_config=model.config,
         )
 
 
 def _objective_values(
-    outputs, values, micro_batch, objectives, config, n_total, feature_grads, offset
+    outputs, values, micro_batch, objectives, config, n_total, feature_grads, offset, model_config
 ):
     n = micro_batch["pixel_values"].shape[0]
     if "loss" in values:
         values["loss"] = values["loss"] * (n / n_total)
     if "refer" in objectives:
-        features = layer_features(outputs.hidden_states, config)
+        features = layer_features(outputs.hidden_states, config, model_config)
         if feature_grads is None:
             values["refer"] = refer_objective(features)
         else:  # surrogate whose gradient equals dR/dw restricted to these rows

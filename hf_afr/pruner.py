@@ -295,7 +295,7 @@ def _with_concrete_feature(config: PrunerConfig, model_config: Any) -> PrunerCon
     feature = resolve_feature_token(model_config, config.feature_token)
     if feature == config.feature_token:
         return config
-    logger.info(f"feature_token='auto' reads {feature!r} for a {model_config.model_type} model.")
+    logger.debug(f"feature_token='auto' reads {feature!r} for a {model_config.model_type} model.")
     return dataclasses.replace(config, feature_token=feature)
 
 

@@ -182,9 +182,12 @@ def score_and_prune(
         loader = scoring_dataloader(
             train_dataset, transform, batch_size, config.num_batches, config.seed
         )
+        features = (
+            f", {config.feature_token!r} features" if config.method in ("refer", "afr") else ""
+        )
         logger.info(
-            f"Scoring with {config.method!r} on {config.num_batches} batches of {batch_size} "
-            "training images."
+            f"Scoring with {config.method!r}{features} on {config.num_batches} batches of "
+            f"{batch_size} training images."
         )
     pruner.prune(loader, show_progress=show_progress)
     pruner.set_masks(broadcast_masks(pruner.masks))

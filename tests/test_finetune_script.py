@@ -311,6 +311,7 @@ def test_torchrun_two_processes_match_one_process(tiny_vit_dir, tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "world size: 2" in result.stdout + result.stderr
+    assert "find_unused_parameters=True" not in result.stdout + result.stderr
 
     expected, got = load_masks(single / MASKS_NAME), load_masks(multi / MASKS_NAME)
     assert all(torch.equal(expected[name], got[name]) for name in expected)

@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     pruner = load_pruner(model_args, config, id2label, checkpoint)
     image_processor = attach_image_processor(pruner, model_args)
     columns = (data_args.image_column_name, data_args.label_column_name)
-    train_transform = ImageTransform(image_processor, *columns, augment=True)
+    train_transform = ImageTransform(image_processor, *columns, augment=data_args.horizontal_flip)
     eval_transform = ImageTransform(image_processor, *columns)
     for split in dataset:
         dataset[split] = undecoded(dataset[split], data_args.image_column_name)

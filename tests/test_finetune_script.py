@@ -338,3 +338,23 @@ def test_push_to_hub_is_one_pruner_push_without_the_token(
     assert 0.0 <= kwargs["accuracy"] <= 1.0
     for path in out.rglob("*"):  # the token is in no file written (model card included)
         assert not path.is_file() or b"hf_secret123" not in path.read_bytes(), path
+
+
+def test_horizontal_flip_is_the_only_augmentation_and_can_be_turned_off():
+    from hf_afr._scripts.transforms import ImageTransform
+
+    class Identity:  # an image processor that returns the pixels as they are
+        def __call__(self, images, return_tensors):
+            return {
+                "pixel_values": torch.stack([torch.tensor(list(im.getdata())) for im in images])
+            }
+
+    image = Image.new("RGB", (4, 1))
+    image.putdata([(i, 0, 0) for i in range(4)])
+    batch = {"image": [image] * 64, "label": [0] * 64}
+    plain = ImageTransform(Identity(), "image", "label", augment=False)(batch)["pixel_values"]
+    assert all(torch.equal(p, plain[0]) for p in plain)
+    flipped = ImageTransform(Identity(), "image", "label", augment=True)(batch)["pixel_values"]
+    mirrored = plain[0].flip(0)
+    assert {bool(torch.equal(p, mirrored)) for p in flipped} == {True, False}
+    assert all(torch.equal(p, mirrored) or torch.equal(p, plain[0]) for p in flipped)

@@ -112,6 +112,13 @@ class DataTrainingArguments:
         default=0.15,
         metadata={"help": "Fraction of the training set split off for validation if none exists."},
     )
+    horizontal_flip: bool = field(
+        default=True,
+        metadata={
+            "help": "Randomly mirror training images. Turn it off for digits, text and anything "
+            "whose class changes in a mirror."
+        },
+    )
     max_train_samples: int | None = field(
         default=None,
         metadata={"help": "Truncate the training set to this many examples (for quick runs)."},

@@ -6,6 +6,7 @@ from . import integration  # noqa: F401  (lets transformers load compact checkpo
 from .config import PrunerConfig
 from .criteria import available_criteria, get_criterion, register_criterion
 from .enforcement import MaskEnforcer, PruningMaskCallback, SparsityViolationError, enforce_masks
+from .inference import SparseInferenceConfig, shrink, to_sparse_inference
 from .masks import apply_masks, select_masks
 from .pruner import AFRPruner
 from .report import SparsityReport
@@ -23,6 +24,7 @@ __all__ = [
     "PrunerConfig",
     "PruningMaskCallback",
     "SparsityReport",
+    "SparseInferenceConfig",
     "SparsityViolationError",
     "__version__",
     "apply_masks",
@@ -32,4 +34,6 @@ __all__ = [
     "get_criterion",
     "register_criterion",
     "select_masks",
+    "shrink",
+    "to_sparse_inference",
 ]

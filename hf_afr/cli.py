@@ -3,6 +3,7 @@
     hf-afr densify SRC DST      compact -> dense (standard transformers checkpoint + masks)
     hf-afr compact SRC DST      dense -> compact (encoded masks + kept values)
     hf-afr report PATH          per-tensor sparsity of a pruned checkpoint (folder, file or Hub id)
+    hf-afr bench PATH           dense vs converted for inference, per layer and end to end
 
 SRC and PATH may be local folders or Hub repository ids.
 """
@@ -55,7 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--markdown", action="store_true", help="print a markdown table")
     report.add_argument("--revision", default=None, help="Hub revision of PATH")
     report.set_defaults(func=_report)
+    from .inference.bench import add_bench_arguments
+
+    text = "time a pruned model dense vs converted for inference (per layer and end to end)"
+    bench = sub.add_parser("bench", help=text, description=text)
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_bench)
     return parser
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .inference.bench import run_bench
+
+    status = run_bench(args)
+    if status:
+        raise SystemExit(status)
 
 
 def _densify(args: argparse.Namespace) -> None:

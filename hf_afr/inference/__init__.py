@@ -1,0 +1,24 @@
+"""Inference of pruned models: exact structural shrinking and per-layer sparse kernels."""
+
+from .blocks import ATTENTION_LAYOUTS, AttentionLayout
+from .config import SparseInferenceConfig
+from .convert import InferenceReport, LayerChoice, to_sparse_inference
+from .guard import InferenceOnlyError, is_inference_only
+from .kernels import SparseLinear, module_bytes
+from .shrink import BlockShrink, ShrinkReport, shrink
+
+__all__ = [
+    "ATTENTION_LAYOUTS",
+    "AttentionLayout",
+    "BlockShrink",
+    "InferenceOnlyError",
+    "InferenceReport",
+    "LayerChoice",
+    "ShrinkReport",
+    "SparseInferenceConfig",
+    "SparseLinear",
+    "is_inference_only",
+    "module_bytes",
+    "shrink",
+    "to_sparse_inference",
+]

@@ -1,0 +1,310 @@
+"""`to_sparse_inference`: shrink a pruned model, then give each Linear its fastest kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from .blocks import close, default_atol
+from .config import SparseInferenceConfig
+from .guard import check_masks, mark_inference_only
+from .kernels import kernel_candidates, module_bytes
+from .shrink import ShrinkReport, shrink
+from .timing import time_side_by_side
+
+logger = logging.get_logger(__name__)
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+@dataclass
+class LayerChoice:
+    """The kernel chosen for one Linear, with the timing it was chosen on."""
+
+    name: str
+    shape: tuple[int, int]
+    input_rows: int
+    sparsity: float
+    kernel: str
+    speedup: float | None
+    candidates: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    bytes_dense: int = 0
+    bytes_now: int = 0
+
+
+@dataclass
+class InferenceReport:
+    """What `to_sparse_inference` did: the shrink table and, per Linear, the kernel it runs."""
+
+    layers: list[LayerChoice] = field(default_factory=list)
+    shrink: ShrinkReport | None = None
+    bytes_before: int = 0
+    bytes_after: int = 0
+    max_abs_diff: float | None = None
+
+    @property
+    def linear_bytes_dense(self) -> int:
+        return sum(layer.bytes_dense for layer in self.layers)
+
+    @property
+    def linear_bytes_now(self) -> int:
+        return sum(layer.bytes_now for layer in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "shrink"}
+        data["shrink"] = None if self.shrink is None else self.shrink.to_dict()
+        return data
+
+    def to_markdown(self) -> str:
+        lines = [
+            "| layer | shape | input rows | sparsity | kernel | measured speed-up | "
+            "other kernels (speed-up or why not) | bytes |",
+            "|---|---|---:|---:|---|---:|---|---:|",
+        ]
+        for c in self.layers:
+            others = [f"{k} {v:.2f}x" for k, v in c.candidates.items() if k != c.kernel]
+            others += [f"{k}: {why}" for k, why in c.skipped.items()]
+            speed = "" if c.speedup is None else f"{c.speedup:.2f}x"
+            lines.append(
+                f"| {c.name} | {c.shape[0]}x{c.shape[1]} | {c.input_rows} | {c.sparsity:.1%} | "
+                f"{c.kernel} | {speed} | {'; '.join(others)} | {c.bytes_dense:,} -> {c.bytes_now:,} |"
+            )
+        ratio = self.bytes_after / self.bytes_before if self.bytes_before else 1.0
+        lines.append(
+            f"\nResident parameter and buffer bytes: {self.bytes_before:,} -> {self.bytes_after:,} "
+            f"({ratio:.1%}); Linear layers {self.linear_bytes_dense:,} -> {self.linear_bytes_now:,}."
+        )
+        if self.max_abs_diff is not None:
+            lines.append(
+                f"Max abs output difference on the example inputs: {self.max_abs_diff:.2e}."
+            )
+        if self.shrink is not None and self.shrink.blocks:
+            lines += ["", "Shrinking (before the kernel choice):", "", self.shrink.to_markdown()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def default_example_inputs(model: nn.Module, batch_size: int = 1) -> dict[str, torch.Tensor]:
+    """Random `pixel_values` of the model's image size, or a `ValueError` asking for inputs."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "image_size", None)
+    if config is None or size is None:
+        raise ValueError(
+            "Cannot build example inputs for this model; pass `example_inputs` (a dict of model "
+            "inputs, a tensor or a tuple of tensors) with the shapes you will run."
+        )
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch_size, getattr(config, "num_channels", 3), height, width)
+    return {"pixel_values": torch.randn(*shape, generator=generator)}
+
+
+def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def run_model(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """Call `model` on a dict / tuple / tensor of inputs; return its logits (or first output)."""
+    with torch.inference_mode():
+        if isinstance(inputs, dict):
+            output = model(**inputs)
+        elif isinstance(inputs, (tuple, list)):
+            output = model(*inputs)
+        else:
+            output = model(inputs)
+    if hasattr(output, "logits") and output.logits is not None:
+        return output.logits
+    return output if torch.is_tensor(output) else output[0]
+
+
+def _to_device(inputs: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    def move(t):
+        if not torch.is_tensor(t):
+            return t
+        return t.to(device, dtype) if t.is_floating_point() else t.to(device)
+
+    if isinstance(inputs, dict):
+        return {k: move(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(move(v) for v in inputs)
+    return move(inputs)
+
+
+def _linear_input_shapes(model: nn.Module, inputs: Any, names: list[str]) -> dict[str, torch.Size]:
+    """The input shape each named Linear sees when the model runs on `inputs`."""
+    shapes, handles = {}, []
+    modules = dict(model.named_modules())
+    for name in names:
+
+        def hook(module, args, name=name):
+            shapes.setdefault(name, args[0].shape)
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    try:
+        run_model(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+@torch.no_grad()
+def _choose_kernel(
+    name: str, linear: nn.Linear, input_shape: torch.Size, config: SparseInferenceConfig
+) -> tuple[LayerChoice, nn.Module]:
+    """Time dense against every candidate kernel on this layer; keep the fastest."""
+    weight = linear.weight
+    sparsity = 1.0 - float(weight.ne(0).sum()) / max(weight.numel(), 1)
+    choice = LayerChoice(
+        name,
+        tuple(weight.shape),
+        int(torch.Size(input_shape[:-1]).numel()),
+        sparsity,
+        "dense",
+        None,
+    )
+    choice.bytes_dense = choice.bytes_now = module_bytes(linear)
+    builders, choice.skipped = kernel_candidates(linear, config)
+    if not builders:
+        return choice, linear
+    modules: dict[str, nn.Module] = {"dense": linear}
+    x = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(
+        weight.device, weight.dtype
+    )
+    expected = linear(x)
+    for label, build in builders.items():
+        try:
+            module = build().eval()
+            if not close(module(x), expected, config.atol):
+                raise RuntimeError("its output differs from the dense layer")
+            modules[label] = module
+        except (RuntimeError, ValueError, NotImplementedError) as err:
+            choice.skipped[label] = f"failed: {str(err).splitlines()[0][:120]}"
+    if len(modules) == 1:
+        return choice, linear
+    variants = {label: (lambda m=m: m(x)) for label, m in modules.items()}
+    timings = time_side_by_side(
+        variants, "dense", config.timing_rounds, config.min_time_per_call, weight.device
+    )
+    choice.candidates = {label: t.speedup for label, t in timings.items() if label != "dense"}
+    best = max(choice.candidates, key=choice.candidates.get)
+    if choice.candidates[best] < config.min_speedup:
+        return choice, linear
+    module = modules[best]
+    module.speedup = choice.speedup = choice.candidates[best]
+    choice.kernel = best
+    choice.bytes_now = module_bytes(module)
+    return choice, module
+
+
+def to_sparse_inference(
+    model: nn.Module,
+    config: SparseInferenceConfig | None = None,
+    example_inputs: Any = None,
+    filter_fn: FilterFn | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+) -> InferenceReport:
+    """Convert a pruned model for inference, in place: exact shrinking, then per-layer kernels.
+
+    1. `config.shrink`: remove what pruning emptied (`hf_afr.shrink`), exactly.
+    2. Each remaining `nn.Linear` (that `filter_fn` accepts) is timed on the input shape it sees
+       when the model runs on `example_inputs`, dense against every kernel its weight qualifies
+       for (CSR, BSR where blocks are empty, 2:4 semi-structured on CUDA); a sparse kernel
+       replaces it (as a `SparseLinear` that keeps no dense weight) only if it is at least
+       `config.min_speedup` times faster, so dense stays where dense wins.
+    3. `config.verify`: the outputs on `example_inputs` must equal the original ones to
+       `config.atol`, else a `RuntimeError`.
+
+    The kernel choice is made for the shapes of `example_inputs` (e.g. batch 1 vs 8 choose
+    differently); other shapes still give correct outputs. Sparsity is read from the weights
+    (exact zeros); `masks`, if given, are checked against them. The converted model is the same
+    class, is in eval mode, works in `pipeline(...)` and under `torch.inference_mode()`, and
+    refuses training and `state_dict()` with a clear error.
+
+    Args:
+        model (`nn.Module`): a pruned model, e.g. from `AutoModelForImageClassification.from_pretrained`.
+        config (`SparseInferenceConfig`, *optional*): kernels, margins, timing and shrinking.
+        example_inputs (*optional*): what the model will be called with: a dict of inputs, a
+            tensor or a tuple; defaults to one random image of the model's `image_size`.
+        filter_fn (`Callable[[nn.Module, str], bool]`, *optional*): called with each Linear (and,
+            when shrinking, each attention/MLP block) and its name; False leaves it alone.
+        masks (`dict[str, Tensor]`, *optional*): pruning masks (True = kept) to check.
+
+    Returns:
+        `InferenceReport`: per layer the kernel, its measured speed-up and bytes; the shrink table.
+
+    Example:
+        ```python
+        >>> import hf_afr
+        >>> from transformers import AutoModelForImageClassification
+        >>> model = AutoModelForImageClassification.from_pretrained("vit-b16-afr95")
+        >>> report = hf_afr.to_sparse_inference(model, example_inputs={"pixel_values": images})
+        >>> print(report)
+        ```
+    """
+    config = config if config is not None else SparseInferenceConfig()
+    if not isinstance(config, SparseInferenceConfig):
+        raise ValueError(f"`config` must be a SparseInferenceConfig, got {type(config).__name__}.")
+    if masks is not None:
+        check_masks(model, masks)
+    model.eval()
+    device, dtype = _device_and_dtype(model)
+    if example_inputs is None:
+        example_inputs = default_example_inputs(model)
+    inputs = _to_device(example_inputs, device, dtype)
+    report = InferenceReport(bytes_before=module_bytes(model))
+    expected = run_model(model, inputs) if config.verify else None
+    if config.shrink:
+        report.shrink = shrink(model, filter_fn=filter_fn, atol=config.atol)
+    names = [
+        name
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear and (filter_fn is None or filter_fn(module, name))
+    ]
+    shapes = _linear_input_shapes(model, inputs, names)
+    for name in names:
+        linear = model.get_submodule(name)
+        if name not in shapes:
+            choice = LayerChoice(name, tuple(linear.weight.shape), 0, 0.0, "dense", None)
+            choice.skipped["all"] = "not run by the example inputs"
+            report.layers.append(choice)
+            continue
+        choice, module = _choose_kernel(name, linear, shapes[name], config)
+        if module is not linear:
+            _set_submodule(model, name, module)
+        report.layers.append(choice)
+    mark_inference_only(model)
+    report.bytes_after = module_bytes(model)
+    if expected is not None:
+        _verify(model, inputs, expected, config, report)
+    sparse = sum(layer.kernel != "dense" for layer in report.layers)
+    logger.info(f"to_sparse_inference: {sparse} of {len(report.layers)} Linear layers run sparse.")
+    return report
+
+
+def _verify(
+    model, inputs, expected, config: SparseInferenceConfig, report: InferenceReport
+) -> None:
+    actual = run_model(model, inputs)
+    report.max_abs_diff = float((actual.double() - expected.double()).abs().max())
+    if actual.shape != expected.shape or not close(actual, expected, config.atol):
+        raise RuntimeError(
+            f"The converted model's outputs differ from the original's by {report.max_abs_diff:.3g} "
+            f"(tolerance {config.atol or default_atol(actual.dtype)} x output scale). This is a bug in hf_afr; please report it "
+            "with the model's config."
+        )

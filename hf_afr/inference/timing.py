@@ -1,0 +1,83 @@
+"""Side-by-side timing: variants interleaved round by round, medians of per-round ratios.
+
+Absolute times on a shared machine drift by more than the effects we measure; ratios taken
+within one round (each variant once, the order rotating between rounds) do not.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Median seconds per call of one variant and its median per-round speed-up over the baseline."""
+
+    seconds: float
+    speedup: float
+    speedup_range: tuple[float, float]
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _measure(fn: Callable[[], object], repeats: int, device: torch.device | None) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def time_side_by_side(
+    variants: dict[str, Callable[[], object]],
+    baseline: str,
+    rounds: int = 5,
+    min_time: float = 0.002,
+    device: torch.device | None = None,
+) -> dict[str, Timing]:
+    """Time callables side by side and compare each with `baseline`.
+
+    Every variant runs once as a warm-up; the number of calls per measurement is set so that
+    the baseline's measurement lasts at least `min_time` seconds. In each round every variant
+    is measured once, in an order that rotates from round to round.
+
+    Args:
+        variants (`dict[str, Callable]`): the callables, including `baseline`.
+        baseline (`str`): the key that the speed-ups are relative to.
+        rounds (`int`, defaults to 5): number of rounds.
+        min_time (`float`, defaults to 0.002): seconds per measurement of the baseline, at least.
+        device (`torch.device`, *optional*): synchronized around measurements if CUDA.
+
+    Returns:
+        `dict[str, Timing]`: per variant, median seconds per call and the median (and range) of
+        its per-round ratio baseline time / variant time (> 1: faster than the baseline).
+    """
+    if baseline not in variants:
+        raise ValueError(f"The baseline {baseline!r} must be one of the variants.")
+    names = list(variants)
+    warm = {name: _measure(variants[name], 1, device) for name in names}
+    repeats = max(1, min(1000, math.ceil(min_time / max(warm[baseline], 1e-9))))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_measure(variants[name], repeats, device))
+    result = {}
+    for name in names:
+        ratios = [b / v for b, v in zip(times[baseline], times[name])]
+        result[name] = Timing(
+            seconds=statistics.median(times[name]),
+            speedup=statistics.median(ratios),
+            speedup_range=(min(ratios), max(ratios)),
+        )
+    return result

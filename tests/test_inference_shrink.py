@@ -152,20 +152,28 @@ def test_without_qkv_bias_an_empty_query_row_is_removable():
     assert shrunk.vit.layers[0].attention.qk_head_dim == 15
 
 
-def test_backends_that_need_equal_head_sizes_get_both_padded():
+def test_the_attention_kernel_gets_equal_head_sizes_and_the_projections_stay_small():
     from transformers import AttentionInterface
     from transformers.models.vit.modeling_vit import eager_attention_forward
 
-    AttentionInterface.register("hf_afr_test_padded", eager_attention_forward)
+    def equal_sizes_only(module, query, key, value, *args, **kwargs):  # like flash kernels
+        assert query.shape[-1] == key.shape[-1] == value.shape[-1]
+        return eager_attention_forward(module, query, key, value, *args, **kwargs)
+
+    AttentionInterface.register("hf_afr_test_equal_sizes", equal_sizes_only)
     model = model_with_biases()
-    model.set_attn_implementation("hf_afr_test_padded")
+    model.set_attn_implementation("hf_afr_test_equal_sizes")
     attention = model.vit.layers[0].attention
-    empty_rows(attention.k_proj, range(8))
-    empty_rows(attention.v_proj, range(16, 32))
+    empty_rows(attention.k_proj, range(8))  # q/k 8 per head in head 0
+    empty_rows(attention.k_proj, range(16, 22))  # 10 in head 1
+    empty_rows(attention.v_proj, range(16, 20))  # v: 16 and 12
+    empty_rows(model.vit.layers[1].attention.v_proj, range(0, 6))  # layer 1: q/k 16, v 10 and 16
+    empty_rows(model.vit.layers[1].attention.v_proj, range(16, 22))
     shrunk, _ = assert_exact(model)
     new = shrunk.vit.layers[0].attention
-    assert new.num_attention_heads == 1
-    assert new.qk_head_dim == new.v_head_dim == 16  # 8 q/k dims would do with sdpa or eager
+    assert (new.qk_head_dim, new.v_head_dim, new.q_proj.out_features) == (10, 16, 20)
+    new = shrunk.vit.layers[1].attention
+    assert (new.qk_head_dim, new.v_head_dim, new.v_proj.out_features) == (16, 10, 20)
 
 
 def test_an_untouched_model_is_unchanged_and_reported():

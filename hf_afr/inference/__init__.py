@@ -2,10 +2,11 @@
 
 from .blocks import ATTENTION_LAYOUTS, AttentionLayout
 from .config import SparseInferenceConfig
-from .convert import InferenceReport, LayerChoice, to_sparse_inference
+from .convert import to_sparse_inference
 from .guard import InferenceOnlyError, is_inference_only
 from .kernels import SparseLinear, module_bytes
-from .shrink import BlockShrink, ShrinkReport, shrink
+from .report import BlockShrink, InferenceReport, LayerChoice, ShrinkReport
+from .shrink import shrink, shrinkable
 
 __all__ = [
     "ATTENTION_LAYOUTS",
@@ -20,5 +21,6 @@ __all__ = [
     "is_inference_only",
     "module_bytes",
     "shrink",
+    "shrinkable",
     "to_sparse_inference",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import eager_attention_forward
@@ -107,9 +108,12 @@ def reference_attention(
 class ShrunkAttentionMixin:
     """Forward of a shrunk attention: q/k and v may have different (smaller) per-head sizes.
 
-    The scaling stays the one of the unshrunk model (`1/sqrt(original head_dim)`): the logits
-    are unchanged, only dimensions that contribute nothing or a softmax-invariant constant are
-    gone. Heads are padded with zero weights to the largest kept size, which is exact.
+    The projections are smaller; for the attention kernel itself the smaller of q/k and v is
+    zero-padded to the other's size (exact: zeros add nothing to the logits, and padded value
+    columns are sliced off), because fused kernels (CPU and CUDA flash attention) need equal
+    head sizes and fall back to much slower paths otherwise. The scaling stays the one of the
+    unshrunk model (`1/sqrt(original head_dim)`): the logits are unchanged, only dimensions that
+    contribute nothing or a softmax-invariant constant are gone.
     """
 
     hf_afr_layout: AttentionLayout
@@ -120,12 +124,15 @@ class ShrunkAttentionMixin:
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs):
         layout = self.hf_afr_layout
         input_shape = hidden_states.shape[:-1]
-        q = getattr(self, layout.query)(hidden_states)
-        k = getattr(self, layout.key)(hidden_states)
-        v = getattr(self, layout.value)(hidden_states)
-        q = q.view(*input_shape, -1, self.qk_head_dim).transpose(1, 2)
-        k = k.view(*input_shape, -1, self.qk_head_dim).transpose(1, 2)
-        v = v.view(*input_shape, -1, self.v_head_dim).transpose(1, 2)
+        qk, v_dim = self.qk_head_dim, self.v_head_dim
+        size = max(qk, v_dim)
+        q = getattr(self, layout.query)(hidden_states).view(*input_shape, -1, qk).transpose(1, 2)
+        k = getattr(self, layout.key)(hidden_states).view(*input_shape, -1, qk).transpose(1, 2)
+        v = getattr(self, layout.value)(hidden_states).view(*input_shape, -1, v_dim).transpose(1, 2)
+        if qk < size:
+            q, k = F.pad(q, (0, size - qk)), F.pad(k, (0, size - qk))
+        if v_dim < size:
+            v = F.pad(v, (0, size - v_dim))
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -139,7 +146,7 @@ class ShrunkAttentionMixin:
             scaling=getattr(self, layout.scaling),
             **kwargs,
         )
-        out = out.reshape(*input_shape, -1).contiguous()
+        out = out[..., :v_dim].reshape(*input_shape, -1).contiguous()
         return getattr(self, layout.output)(out), weights
 
     def extra_repr(self) -> str:
@@ -166,12 +173,6 @@ def shrunk_class(cls: type, mixin: type) -> type:
     if key not in _SHRUNK_CLASSES:
         _SHRUNK_CLASSES[key] = type(f"Shrunk{cls.__name__}", (mixin, cls), {"__module__": __name__})
     return _SHRUNK_CLASSES[key]
-
-
-def needs_equal_head_dims(module: nn.Module) -> bool:
-    """Whether the attention backend needs q/k and v of one size (flash kernels do)."""
-    implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
-    return implementation not in (None, "eager", "sdpa")
 
 
 def probe_input(hidden: int, dtype: torch.dtype, device: torch.device, tokens: int = 7):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -14,82 +13,13 @@ from .blocks import close, default_atol
 from .config import SparseInferenceConfig
 from .guard import check_masks, mark_inference_only
 from .kernels import kernel_candidates, module_bytes
-from .shrink import ShrinkReport, shrink
+from .report import InferenceReport, LayerChoice
+from .shrink import shrink
 from .timing import time_side_by_side
 
 logger = logging.get_logger(__name__)
 
 FilterFn = Callable[[nn.Module, str], bool]
-
-
-@dataclass
-class LayerChoice:
-    """The kernel chosen for one Linear, with the timing it was chosen on."""
-
-    name: str
-    shape: tuple[int, int]
-    input_rows: int
-    sparsity: float
-    kernel: str
-    speedup: float | None
-    candidates: dict[str, float] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    bytes_dense: int = 0
-    bytes_now: int = 0
-
-
-@dataclass
-class InferenceReport:
-    """What `to_sparse_inference` did: the shrink table and, per Linear, the kernel it runs."""
-
-    layers: list[LayerChoice] = field(default_factory=list)
-    shrink: ShrinkReport | None = None
-    bytes_before: int = 0
-    bytes_after: int = 0
-    max_abs_diff: float | None = None
-
-    @property
-    def linear_bytes_dense(self) -> int:
-        return sum(layer.bytes_dense for layer in self.layers)
-
-    @property
-    def linear_bytes_now(self) -> int:
-        return sum(layer.bytes_now for layer in self.layers)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k != "shrink"}
-        data["shrink"] = None if self.shrink is None else self.shrink.to_dict()
-        return data
-
-    def to_markdown(self) -> str:
-        lines = [
-            "| layer | shape | input rows | sparsity | kernel | measured speed-up | "
-            "other kernels (speed-up or why not) | bytes |",
-            "|---|---|---:|---:|---|---:|---|---:|",
-        ]
-        for c in self.layers:
-            others = [f"{k} {v:.2f}x" for k, v in c.candidates.items() if k != c.kernel]
-            others += [f"{k}: {why}" for k, why in c.skipped.items()]
-            speed = "" if c.speedup is None else f"{c.speedup:.2f}x"
-            lines.append(
-                f"| {c.name} | {c.shape[0]}x{c.shape[1]} | {c.input_rows} | {c.sparsity:.1%} | "
-                f"{c.kernel} | {speed} | {'; '.join(others)} | {c.bytes_dense:,} -> {c.bytes_now:,} |"
-            )
-        ratio = self.bytes_after / self.bytes_before if self.bytes_before else 1.0
-        lines.append(
-            f"\nResident parameter and buffer bytes: {self.bytes_before:,} -> {self.bytes_after:,} "
-            f"({ratio:.1%}); Linear layers {self.linear_bytes_dense:,} -> {self.linear_bytes_now:,}."
-        )
-        if self.max_abs_diff is not None:
-            lines.append(
-                f"Max abs output difference on the example inputs: {self.max_abs_diff:.2e}."
-            )
-        if self.shrink is not None and self.shrink.blocks:
-            lines += ["", "Shrinking (before the kernel choice):", "", self.shrink.to_markdown()]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.to_markdown()
 
 
 def default_example_inputs(model: nn.Module, batch_size: int = 1) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ qualifies for, and why the others do not apply.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -102,6 +103,7 @@ class SparseLinear(nn.Module):
         speedup: float | None = None,
     ):
         super().__init__()
+        self.training = False
         self.out_features, self.in_features = sparse_weight.shape
         self.kernel = kernel
         self.density = density
@@ -143,17 +145,24 @@ def build_sparse_linear(
     """A `SparseLinear` computing what `linear` computes, with its weight in `kernel`'s format."""
     weight = linear.weight.detach()
     density = float((weight != 0).sum()) / max(weight.numel(), 1)
-    if kernel == "csr":
-        sparse = _with_int32_indices(weight.to_sparse_csr())
-    elif kernel == "bsr":
-        sparse = _with_int32_indices(weight.to_sparse_bsr((block_size, block_size)))
-    elif kernel == "semi_structured":
-        sparse = to_semi_structured(weight)
-    else:
-        raise ValueError(
-            f"Unknown sparse kernel {kernel!r}; use 'csr', 'bsr' or 'semi_structured'."
-        )
+    with warnings.catch_warnings():
+        # torch's notes that sparse CSR/BSR is "beta" and that invariant checks are off.
+        warnings.filterwarnings("ignore", message=".*[Ss]parse (CSR|BSR|invariant).*")
+        sparse = _to_format(weight, kernel, block_size)
     return SparseLinear(sparse, linear.bias, kernel, density, speedup)
+
+
+def _to_format(weight: torch.Tensor, kernel: str, block_size: int | None) -> torch.Tensor:
+    if kernel == "csr":
+        return _with_int32_indices(weight.to_sparse_csr())
+    if kernel == "bsr":
+        return _with_int32_indices(weight.to_sparse_bsr((block_size, block_size)))
+    if kernel == "semi_structured":
+        problem = semi_structured_pattern_problem(weight)
+        if problem:
+            raise ValueError(f"Cannot use the semi-structured kernel: {problem}.")
+        return to_semi_structured(weight)
+    raise ValueError(f"Unknown sparse kernel {kernel!r}; use 'csr', 'bsr' or 'semi_structured'.")
 
 
 def _bsr_block_density(weight: torch.Tensor, block: int) -> float:
@@ -162,12 +171,21 @@ def _bsr_block_density(weight: torch.Tensor, block: int) -> float:
     return float(blocks.float().mean())
 
 
-def semi_structured_unavailable(weight: torch.Tensor) -> str | None:
-    """Why the 2:4 semi-structured kernel cannot run this weight, or None if it can be tried."""
+def semi_structured_device_problem(weight: torch.Tensor) -> str | None:
+    """Why this torch / device cannot run semi-structured kernels for `weight`, or None."""
     if not hasattr(torch.sparse, "to_sparse_semi_structured"):
         return f"torch {torch.__version__} has no torch.sparse.to_sparse_semi_structured"
     if weight.device.type != "cuda":
         return f"needs a CUDA device (the weight is on {weight.device.type})"
+    return None
+
+
+def semi_structured_pattern_problem(weight: torch.Tensor) -> str | None:
+    """Why `weight` does not fit the semi-structured format of its dtype, or None.
+
+    `to_sparse_semi_structured` keeps 2 of every 4 values (1 of 2 for float32) whatever they
+    are, so a weight with more nonzeros per group would be silently changed: we check first.
+    """
     pattern = SEMI_STRUCTURED_PATTERNS.get(weight.dtype)
     if pattern is None:
         return f"dtype {weight.dtype} is not supported (float16, bfloat16, int8, float32)"
@@ -176,6 +194,11 @@ def semi_structured_unavailable(weight: torch.Tensor) -> str | None:
             f"the weight does not have the {pattern[0]}:{pattern[1]} pattern {weight.dtype} needs"
         )
     return None
+
+
+def semi_structured_unavailable(weight: torch.Tensor) -> str | None:
+    """Why the semi-structured kernel cannot run this weight, or None if it can be tried."""
+    return semi_structured_device_problem(weight) or semi_structured_pattern_problem(weight)
 
 
 def kernel_candidates(

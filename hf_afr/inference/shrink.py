@@ -24,7 +24,6 @@ warning) if they differ; blocks whose layout is not understood are skipped with 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -38,80 +37,16 @@ from .blocks import (
     close,
     looks_like_attention,
     mlp_activation,
-    needs_equal_head_dims,
     probe_input,
     reference_attention,
     shrunk_class,
 )
 from .guard import check_masks, mark_inference_only
+from .report import BlockShrink, ShrinkReport
 
 logger = logging.get_logger(__name__)
 
 FilterFn = Callable[[nn.Module, str], bool]
-
-
-@dataclass
-class BlockShrink:
-    """What shrinking removed from one block (MACs: Linear multiply-adds per token)."""
-
-    name: str
-    kind: str
-    before: str
-    after: str
-    removed: str
-    macs_before: int
-    macs_after: int
-
-
-@dataclass
-class ShrinkReport:
-    """Per-block results of `shrink`, and the blocks it skipped with the reason."""
-
-    blocks: list[BlockShrink] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def macs_before(self) -> int:
-        return sum(b.macs_before for b in self.blocks)
-
-    @property
-    def macs_after(self) -> int:
-        return sum(b.macs_after for b in self.blocks)
-
-    @property
-    def macs_reduction(self) -> float:
-        """Fraction of the examined blocks' Linear multiply-adds removed."""
-        return 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "blocks": [asdict(b) for b in self.blocks],
-            "skipped": dict(self.skipped),
-            "macs_before": self.macs_before,
-            "macs_after": self.macs_after,
-            "macs_reduction": self.macs_reduction,
-        }
-
-    def to_markdown(self) -> str:
-        lines = [
-            "| block | kind | before | after | removed | Linear MACs/token |",
-            "|---|---|---|---|---|---:|",
-        ]
-        for b in self.blocks:
-            ratio = b.macs_after / b.macs_before if b.macs_before else 1.0
-            lines.append(
-                f"| {b.name} | {b.kind} | {b.before} | {b.after} | {b.removed} | "
-                f"{b.macs_before:,} -> {b.macs_after:,} ({ratio:.0%}) |"
-            )
-        lines.append(
-            f"| **total** | | | | | {self.macs_before:,} -> {self.macs_after:,} "
-            f"(**-{self.macs_reduction:.1%}**) |"
-        )
-        lines += [f"\nSkipped {name}: {reason}" for name, reason in self.skipped.items()]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.to_markdown()
 
 
 def _take(tensor: torch.Tensor | None, index: torch.Tensor, dim: int) -> torch.Tensor | None:
@@ -180,7 +115,7 @@ def shrink_mlp(module: nn.Module, name: str = "") -> BlockShrink | None:
     module.hf_afr_removed = f"hidden units {units} -> {int(keep.sum())}: {removed}"
     return BlockShrink(
         name, "mlp", f"{units} units", f"{int(keep.sum())} units", removed,
-        macs_before, _macs(module.fc1, module.fc2),
+        macs_before, _macs(module.fc1, module.fc2), units, int(keep.sum()),
     )  # fmt: skip
 
 
@@ -215,8 +150,6 @@ def shrink_attention(module: nn.Module, name: str = "") -> BlockShrink | None:
     kept_heads = [h for h in range(heads) if bool(v_keep[h].any())]
     new_qk = max([int(qk_keep[h].sum()) for h in kept_heads] + [1])
     new_v = max([int(v_keep[h].sum()) for h in kept_heads] + [1])
-    if needs_equal_head_dims(module):
-        new_qk = new_v = max(new_qk, new_v)
     if len(kept_heads) == heads and new_qk == qk and new_v == v:
         return None
     q, k = getattr(module, layout.query), getattr(module, layout.key)
@@ -252,13 +185,24 @@ def shrink_attention(module: nn.Module, name: str = "") -> BlockShrink | None:
     module.__class__ = shrunk_class(type(module), ShrunkAttentionMixin)
     module.hf_afr_removed = (
         f"heads {heads} -> {len(kept_heads)}, q/k dims per head {qk} -> {new_qk}, v dims per head "
-        f"{v} -> {new_v} (zero-padded), scaling {float(getattr(module, layout.scaling)):.6g} kept"
+        f"{v} -> {new_v} (heads zero-padded to the largest), scaling {float(getattr(module, layout.scaling)):.6g} kept"
     )
     before, after = f"{heads}x({qk}, {v})", f"{len(kept_heads)}x({new_qk}, {new_v})"
     macs_after = _macs(
         *(getattr(module, n) for n in (layout.query, layout.key, layout.value, layout.output))
     )
-    return BlockShrink(name, "attention", before, after, removed, macs_before, macs_after)
+    units_after = len(kept_heads) * (new_qk + new_v)
+    return BlockShrink(
+        name,
+        "attention",
+        before,
+        after,
+        removed,
+        macs_before,
+        macs_after,
+        heads * (qk + v),
+        units_after,
+    )
 
 
 def _block_kind(module: nn.Module) -> str | None:
@@ -288,12 +232,12 @@ def _projections(module: nn.Module, kind: str) -> list[nn.Linear]:
 
 def _unchanged(module: nn.Module, name: str, kind: str) -> BlockShrink:
     if kind == "mlp":
-        size = f"{module.fc1.out_features} units"
+        size, units = f"{module.fc1.out_features} units", module.fc1.out_features
     else:
         heads, qk, v = attention_geometry(module, attention_layout(module))
-        size = f"{heads}x({qk}, {v})"
+        size, units = f"{heads}x({qk}, {v})", heads * (qk + v)
     macs = _macs(*_projections(module, kind))
-    return BlockShrink(name, kind, size, size, "nothing", macs, macs)
+    return BlockShrink(name, kind, size, size, "nothing", macs, macs, units, units)
 
 
 @torch.no_grad()
@@ -376,3 +320,12 @@ def shrink(
         f"shrink: Linear multiply-adds of the examined blocks -{report.macs_reduction:.1%}."
     )
     return report
+
+
+def shrinkable(model: nn.Module, filter_fn: FilterFn | None = None) -> ShrinkReport:
+    """What `shrink` would remove from `model`, computed on a copy (the model is unchanged)."""
+    import copy
+
+    with torch.no_grad():
+        clone = copy.deepcopy(model)
+    return shrink(clone, filter_fn=filter_fn)

@@ -158,6 +158,25 @@ def test_a_kernel_that_gets_a_layer_wrong_is_never_chosen(monkeypatch):
     assert "its output differs from the dense layer" in report.layers[0].skipped["csr"]
 
 
+def test_unavailable_semi_structured_kernels_are_reported_plainly(monkeypatch, caplog):
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(convert_module, "time_side_by_side", fake_timings({}))
+    pruner = pruned_vit(dtype=torch.bfloat16, pattern="2:4")
+    hf_logging.enable_propagation()
+    with caplog.at_level(logging.WARNING):
+        report = to_sparse_inference(
+            pruner.model, SparseInferenceConfig(shrink=False), images(dtype=torch.bfloat16)
+        )
+    hf_logging.disable_propagation()
+    if hasattr(torch.sparse, "to_sparse_semi_structured"):
+        assert "12 Linear layers have the pattern of the semi-structured (2:4)" in caplog.text
+        assert "unavailable here: needs a CUDA device" in caplog.text
+    assert all(c.kernel == "dense" for c in report.layers)
+
+
 def test_semi_structured_path_up_to_the_kernel_call(monkeypatch):
     calls = []
 
@@ -218,6 +237,7 @@ def test_bad_options_and_inputs_are_clear_errors():
         ({"min_sparsity": 1.0}, "min_sparsity"),
         ({"timing_rounds": 0}, "timing_rounds"),
         ({"bsr_max_block_density": 0}, "bsr_max_block_density"),
+        ({"drop_slower_than": 1.0}, "drop_slower_than"),
     ]:
         with pytest.raises(ValueError, match=message):
             SparseInferenceConfig(**kwargs)
@@ -234,5 +254,9 @@ def test_side_by_side_timing_reports_ratios_against_the_baseline():
     )
     assert timings["a"].speedup == 1.0
     assert timings["b"].speedup < 0.8 and timings["b"].seconds > timings["a"].seconds
+    timings = time_side_by_side(
+        {"a": lambda: time.sleep(0.001), "b": lambda: time.sleep(0.02)}, "a", 3, 0, None, 3.0
+    )
+    assert timings["b"].speedup < 1 / 3 and timings["b"].speedup_range[0] == timings["b"].speedup
     with pytest.raises(ValueError, match="baseline"):
         time_side_by_side({"a": lambda: None}, "z")

@@ -114,6 +114,11 @@ def test_query_key_dimensions_are_removed_only_where_exact(implementation):
     assert new.q_proj.out_features == new.k_proj.out_features == 22
     assert new.scaling == 16**-0.5  # the unshrunk head size, not 11
     assert "q/k dims per head 16 -> 11" in repr(new) and "scaling 0.25 kept" in repr(new)
+    if implementation == "eager":  # the attention weights are captured and unchanged
+        with torch.inference_mode():
+            got = shrunk(pixel_values=images(), output_attentions=True).attentions
+            want = model(pixel_values=images(), output_attentions=True).attentions
+        assert len(got) == 2 and max((a - b).abs().max() for a, b in zip(got, want)) < 1e-5
     # The rule for the one-sided query case is needed: removing those dims changes the logits.
     wrong = copy.deepcopy(model)
     with torch.no_grad():

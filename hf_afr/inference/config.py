@@ -67,6 +67,13 @@ class SparseInferenceConfig:
             "round, order rotating; the choice uses the median of the per-round ratios)."
         },
     )
+    drop_slower_than: float = field(
+        default=2.0,
+        metadata={
+            "help": "A kernel whose warm-up call on a layer is this many times slower than dense "
+            "is dropped without further rounds (it could not win; saves conversion time)."
+        },
+    )
     min_time_per_call: float = field(
         default=0.002,
         metadata={"help": "Seconds each timed measurement lasts at least (calls are repeated)."},
@@ -111,6 +118,8 @@ class SparseInferenceConfig:
         self.bsr_block_sizes = tuple(int(b) for b in self.bsr_block_sizes)
         if any(b < 1 for b in self.bsr_block_sizes):
             raise ValueError(f"`bsr_block_sizes` must be positive, got {self.bsr_block_sizes}.")
+        if self.drop_slower_than <= 1.0:
+            raise ValueError(f"`drop_slower_than` must be > 1, got {self.drop_slower_than}.")
         if self.timing_rounds < 1:
             raise ValueError(f"`timing_rounds` must be at least 1, got {self.timing_rounds}.")
         if self.min_time_per_call < 0 or (self.atol is not None and self.atol <= 0):

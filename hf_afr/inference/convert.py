@@ -12,7 +12,12 @@ from transformers.utils import logging
 from .blocks import close, default_atol
 from .config import SparseInferenceConfig
 from .guard import check_masks, mark_inference_only
-from .kernels import kernel_candidates, module_bytes
+from .kernels import (
+    kernel_candidates,
+    module_bytes,
+    semi_structured_device_problem,
+    semi_structured_pattern_problem,
+)
 from .report import InferenceReport, LayerChoice
 from .shrink import shrink
 from .timing import time_side_by_side
@@ -129,7 +134,12 @@ def _choose_kernel(
         return choice, linear
     variants = {label: (lambda m=m: m(x)) for label, m in modules.items()}
     timings = time_side_by_side(
-        variants, "dense", config.timing_rounds, config.min_time_per_call, weight.device
+        variants,
+        "dense",
+        config.timing_rounds,
+        config.min_time_per_call,
+        weight.device,
+        drop_slower_than=config.drop_slower_than,
     )
     choice.candidates = {label: t.speedup for label, t in timings.items() if label != "dense"}
     best = max(choice.candidates, key=choice.candidates.get)
@@ -207,6 +217,7 @@ def to_sparse_inference(
         if type(module) is nn.Linear and (filter_fn is None or filter_fn(module, name))
     ]
     shapes = _linear_input_shapes(model, inputs, names)
+    _warn_if_semi_structured_unavailable(model, names, config)
     for name in names:
         linear = model.get_submodule(name)
         if name not in shapes:
@@ -225,6 +236,20 @@ def to_sparse_inference(
     sparse = sum(layer.kernel != "dense" for layer in report.layers)
     logger.info(f"to_sparse_inference: {sparse} of {len(report.layers)} Linear layers run sparse.")
     return report
+
+
+def _warn_if_semi_structured_unavailable(model, names, config: SparseInferenceConfig) -> None:
+    """Say plainly when weights have the 2:4 pattern but this machine cannot run the kernel."""
+    if "semi_structured" not in config.kernels:
+        return
+    weights = [model.get_submodule(n).weight for n in names]
+    fitting = [w for w in weights if w.any() and semi_structured_pattern_problem(w) is None]
+    reason = semi_structured_device_problem(fitting[0]) if fitting else None
+    if reason:
+        logger.warning(
+            f"{len(fitting)} Linear layers have the pattern of the semi-structured (2:4) sparse "
+            f"kernels, but they are unavailable here: {reason}. Those layers use the other kernels."
+        )
 
 
 def _verify(

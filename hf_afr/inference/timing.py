@@ -44,10 +44,11 @@ def time_side_by_side(
     rounds: int = 5,
     min_time: float = 0.002,
     device: torch.device | None = None,
+    drop_slower_than: float | None = None,
 ) -> dict[str, Timing]:
     """Time callables side by side and compare each with `baseline`.
 
-    Every variant runs once as a warm-up; the number of calls per measurement is set so that
+    Every variant runs twice as a warm-up; the number of calls per measurement is set so that
     the baseline's measurement lasts at least `min_time` seconds. In each round every variant
     is measured once, in an order that rotates from round to round.
 
@@ -57,6 +58,9 @@ def time_side_by_side(
         rounds (`int`, defaults to 5): number of rounds.
         min_time (`float`, defaults to 0.002): seconds per measurement of the baseline, at least.
         device (`torch.device`, *optional*): synchronized around measurements if CUDA.
+        drop_slower_than (`float`, *optional*): variants whose warm-up call is this many times
+            slower than the baseline's are not measured further (their speed-up is that of the
+            warm-up), which saves time where a kernel clearly loses.
 
     Returns:
         `dict[str, Timing]`: per variant, median seconds per call and the median (and range) of
@@ -64,15 +68,22 @@ def time_side_by_side(
     """
     if baseline not in variants:
         raise ValueError(f"The baseline {baseline!r} must be one of the variants.")
-    names = list(variants)
-    warm = {name: _measure(variants[name], 1, device) for name in names}
+    for fn in variants.values():  # first calls pay for allocations, caches, library handles
+        _measure(fn, 1, device)
+    warm = {name: _measure(fn, 1, device) for name, fn in variants.items()}
+    dropped = {
+        name: Timing(t, warm[baseline] / t, (warm[baseline] / t,) * 2)
+        for name, t in warm.items()
+        if drop_slower_than is not None and t > drop_slower_than * warm[baseline]
+    }
+    names = [name for name in variants if name not in dropped]
     repeats = max(1, min(1000, math.ceil(min_time / max(warm[baseline], 1e-9))))
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             times[name].append(_measure(variants[name], repeats, device))
-    result = {}
+    result = dict(dropped)
     for name in names:
         ratios = [b / v for b, v in zip(times[baseline], times[name])]
         result[name] = Timing(

@@ -84,6 +84,16 @@ def load_script(name: str):
     return module
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a test module: tiny ops on a loaded machine are dominated by
+    thread synchronisation otherwise (results do not depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Each test starts without accelerate's process-wide state (a Trainer run leaves it set)."""

@@ -16,6 +16,8 @@ from hf_afr.cli import main
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def pruned_dir(tmp_path_factory) -> Path:
@@ -29,7 +31,7 @@ def pruned_dir(tmp_path_factory) -> Path:
 
 def test_cli_bench_prints_end_to_end_per_layer_and_shrink_tables(pruned_dir, tmp_path, capsys):
     output = tmp_path / "bench.md"
-    argv = ["bench", str(pruned_dir), "--batch-size", "1", "2", "--rounds", "1"]
+    argv = ["bench", str(pruned_dir), "--batch-size", "1", "2", "--rounds", "1", "--threads", "1"]
     assert main([*argv, "--layer-rounds", "1", "--output", str(output)]) == 0
     text = capsys.readouterr().out
     for variant in ("dense", "shrunk", "converted"):
@@ -54,8 +56,28 @@ def test_inference_benchmark_quick_mode_writes_its_tables(pruned_dir, tmp_path):
     module = importlib.util.module_from_spec(spec)
     sys.modules["inference_bench"] = module
     spec.loader.exec_module(module)
-    argv = ["--quick", "--output_dir", str(tmp_path), "--model_dir", str(pruned_dir)]
-    results = module.main([*argv, "--sparsities", "0.95", "--batch_sizes", "1", "--rounds", "1"])
+    argv = [
+        "--quick",
+        "--output_dir",
+        str(tmp_path),
+        "--model_dir",
+        str(pruned_dir),
+        "--threads",
+        "1",
+    ]
+    results = module.main(
+        [
+            *argv,
+            "--sparsities",
+            "0.95",
+            "--batch_sizes",
+            "1",
+            "--rounds",
+            "1",
+            "--layer_rounds",
+            "1",
+        ]
+    )
     assert [(r["structure"], r["batch"]) for r in results["vit"]] == [
         ("random", 1),
         ("afr-like", 1),

@@ -31,6 +31,8 @@ FAMILIES = {
     "siglip": lambda: SiglipVisionModel(SiglipVisionConfig(**SMALL, intermediate_size=64)),
 }
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def carve(model: nn.Module) -> None:
     """Random biases and hand-made empty rows/columns that trigger every rule in every block."""

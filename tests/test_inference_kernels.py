@@ -15,6 +15,8 @@ from hf_afr.inference import InferenceOnlyError, SparseLinear, kernels, module_b
 from hf_afr.inference import convert as convert_module
 from hf_afr.inference.timing import Timing, time_side_by_side
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def sparse_linear(out_f=48, in_f=64, sparsity=0.95, bias=True, seed=0) -> nn.Linear:
     generator = torch.Generator().manual_seed(seed)

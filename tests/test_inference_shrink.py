@@ -16,6 +16,8 @@ from hf_afr.inference import InferenceOnlyError
 
 ATOL = 1e-5
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def images(n: int = 3, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))

@@ -10,6 +10,8 @@ from transformers import AutoModelForImageClassification, HfArgumentParser
 from hf_afr import AFRPruner, PrunerConfig, enforce_masks
 from hf_afr.masks import select_masks, select_nm_masks
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def group_counts(tensor: torch.Tensor, m: int) -> torch.Tensor:
     """Nonzeros (or kept entries) per run of m consecutive entries along the last dimension."""

@@ -216,19 +216,10 @@ def to_sparse_inference(
         for name, module in model.named_modules()
         if type(module) is nn.Linear and (filter_fn is None or filter_fn(module, name))
     ]
-    shapes = _linear_input_shapes(model, inputs, names)
     _warn_if_semi_structured_unavailable(model, names, config)
-    for name in names:
-        linear = model.get_submodule(name)
-        if name not in shapes:
-            choice = LayerChoice(name, tuple(linear.weight.shape), 0, 0.0, "dense", None)
-            choice.skipped["all"] = "not run by the example inputs"
-            report.layers.append(choice)
-            continue
-        choice, module = _choose_kernel(name, linear, shapes[name], config)
-        if module is not linear:
-            _set_submodule(model, name, module)
-        report.layers.append(choice)
+    report.layers = _convert_linears(
+        model, names, _linear_input_shapes(model, inputs, names), config
+    )
     mark_inference_only(model)
     report.bytes_after = module_bytes(model)
     if expected is not None:
@@ -236,6 +227,24 @@ def to_sparse_inference(
     sparse = sum(layer.kernel != "dense" for layer in report.layers)
     logger.info(f"to_sparse_inference: {sparse} of {len(report.layers)} Linear layers run sparse.")
     return report
+
+
+def _convert_linears(
+    model: nn.Module, names: list[str], shapes: dict[str, torch.Size], config: SparseInferenceConfig
+) -> list[LayerChoice]:
+    """Give each named Linear its fastest kernel, in place; one `LayerChoice` per layer."""
+    choices = []
+    for name in names:
+        linear = model.get_submodule(name)
+        if name not in shapes:
+            choice = LayerChoice(name, tuple(linear.weight.shape), 0, 0.0, "dense", None)
+            choice.skipped["all"] = "not run by the example inputs"
+        else:
+            choice, module = _choose_kernel(name, linear, shapes[name], config)
+            if module is not linear:
+                _set_submodule(model, name, module)
+        choices.append(choice)
+    return choices
 
 
 def _warn_if_semi_structured_unavailable(model, names, config: SparseInferenceConfig) -> None:
@@ -258,8 +267,9 @@ def _verify(
     actual = run_model(model, inputs)
     report.max_abs_diff = float((actual.double() - expected.double()).abs().max())
     if actual.shape != expected.shape or not close(actual, expected, config.atol):
+        atol = config.atol or default_atol(actual.dtype)
         raise RuntimeError(
-            f"The converted model's outputs differ from the original's by {report.max_abs_diff:.3g} "
-            f"(tolerance {config.atol or default_atol(actual.dtype)} x output scale). This is a bug in hf_afr; please report it "
-            "with the model's config."
+            f"The converted model's outputs differ from the original's by "
+            f"{report.max_abs_diff:.3g} (tolerance {atol} x output scale). This is a bug in "
+            "hf_afr; please report it with the model's config."
         )

@@ -141,68 +141,65 @@ def _attention_masks(module: nn.Module, layout, heads: int, qk: int, v: int):
     return qk_keep.view(heads, qk), v_keep.view(heads, v), folded
 
 
+def _projections_of(module: nn.Module, layout) -> tuple[nn.Linear, ...]:
+    return tuple(
+        getattr(module, n) for n in (layout.query, layout.key, layout.value, layout.output)
+    )
+
+
+def _rebuild_attention(module, layout, qk_index, v_index, folded) -> None:
+    """Replace the four projections by their kept (and zero-padded) rows and columns."""
+    q, k, val, out = _projections_of(module, layout)
+    o_bias = torch.zeros(out.out_features, dtype=torch.float64, device=out.weight.device)
+    if out.bias is not None:
+        o_bias += out.bias.double()
+    if val.bias is not None:  # rule 2: b_v[d] * W_o[:, d] for every folded value dim
+        o_bias += out.weight[:, folded].double() @ val.bias[folded].double()
+    new = {
+        layout.query: _linear(_take(q.weight, qk_index, 0), _take(q.bias, qk_index, 0)),
+        layout.key: _linear(_take(k.weight, qk_index, 0), _take(k.bias, qk_index, 0)),
+        layout.value: _linear(_take(val.weight, v_index, 0), _take(val.bias, v_index, 0)),
+        layout.output: _linear(_take(out.weight, v_index, 1), o_bias.to(out.weight.dtype)),
+    }
+    for name, layer in new.items():
+        setattr(module, name, layer)
+
+
 @torch.no_grad()
 def shrink_attention(module: nn.Module, name: str = "") -> BlockShrink | None:
     """Apply rules 2-4 to a registered attention module in place; None if nothing is removable."""
     layout = attention_layout(module)
     heads, qk, v = attention_geometry(module, layout)
     qk_keep, v_keep, folded = _attention_masks(module, layout, heads, qk, v)
-    kept_heads = [h for h in range(heads) if bool(v_keep[h].any())]
-    new_qk = max([int(qk_keep[h].sum()) for h in kept_heads] + [1])
-    new_v = max([int(v_keep[h].sum()) for h in kept_heads] + [1])
-    if len(kept_heads) == heads and new_qk == qk and new_v == v:
+    kept = [h for h in range(heads) if bool(v_keep[h].any())]
+    qk_sizes, v_sizes = [int(qk_keep[h].sum()) for h in kept], [int(v_keep[h].sum()) for h in kept]
+    new_qk, new_v = max(qk_sizes + [1]), max(v_sizes + [1])
+    if len(kept) == heads and new_qk == qk and new_v == v:
         return None
-    q, k = getattr(module, layout.query), getattr(module, layout.key)
-    val, out = getattr(module, layout.value), getattr(module, layout.output)
-    macs_before = _macs(q, k, val, out)
-    o_bias = (
-        out.bias.double()
-        if out.bias is not None
-        else out.weight.new_zeros(out.out_features).double()
-    )
-    if val.bias is not None:
-        o_bias = o_bias + out.weight[:, folded].double() @ val.bias[folded].double()
-    qk_index = _head_index(qk_keep, kept_heads, new_qk)
-    v_index = _head_index(v_keep, kept_heads, new_v)
-    setattr(module, layout.query, _linear(_take(q.weight, qk_index, 0), _take(q.bias, qk_index, 0)))
-    setattr(module, layout.key, _linear(_take(k.weight, qk_index, 0), _take(k.bias, qk_index, 0)))
-    setattr(
-        module, layout.value, _linear(_take(val.weight, v_index, 0), _take(val.bias, v_index, 0))
-    )
-    setattr(
-        module, layout.output, _linear(_take(out.weight, v_index, 1), o_bias.to(out.weight.dtype))
-    )
-    setattr(module, layout.num_heads, max(len(kept_heads), 1))
+    macs_before = _macs(*_projections_of(module, layout))
+    qk_index = _head_index(qk_keep, kept, new_qk)
+    v_index = _head_index(v_keep, kept, new_v)
+    _rebuild_attention(module, layout, qk_index, v_index, folded)
+    new_heads = max(len(kept), 1)  # an emptied block keeps one all-zero head
+    setattr(module, layout.num_heads, new_heads)
     module.head_dim = module.qk_head_dim = new_qk
     module.v_head_dim = new_v
     module.hf_afr_layout = layout
-    removed = (
-        f"{heads - len(kept_heads)} heads; q/k dims kept per head "
-        f"{[int(qk_keep[h].sum()) for h in kept_heads]}; v dims kept per head "
-        f"{[int(v_keep[h].sum()) for h in kept_heads]} ({int(folded.sum())} v dims folded into the "
-        f"output bias)"
-    )
     module.__class__ = shrunk_class(type(module), ShrunkAttentionMixin)
+    scaling = float(getattr(module, layout.scaling))
     module.hf_afr_removed = (
-        f"heads {heads} -> {len(kept_heads)}, q/k dims per head {qk} -> {new_qk}, v dims per head "
-        f"{v} -> {new_v} (heads zero-padded to the largest), scaling {float(getattr(module, layout.scaling)):.6g} kept"
+        f"heads {heads} -> {len(kept)}, q/k dims per head {qk} -> {new_qk}, v dims per head "
+        f"{v} -> {new_v} (heads zero-padded to the largest), scaling {scaling:.6g} kept"
     )
-    before, after = f"{heads}x({qk}, {v})", f"{len(kept_heads)}x({new_qk}, {new_v})"
-    macs_after = _macs(
-        *(getattr(module, n) for n in (layout.query, layout.key, layout.value, layout.output))
+    removed = (
+        f"{heads - len(kept)} heads; q/k dims kept per head {qk_sizes}; v dims kept per head "
+        f"{v_sizes} ({int(folded.sum())} v dims folded into the output bias)"
     )
-    units_after = len(kept_heads) * (new_qk + new_v)
     return BlockShrink(
-        name,
-        "attention",
-        before,
-        after,
-        removed,
-        macs_before,
-        macs_after,
-        heads * (qk + v),
-        units_after,
-    )
+        name, "attention", f"{heads}x({qk}, {v})", f"{new_heads}x({new_qk}, {new_v})", removed,
+        macs_before, _macs(*_projections_of(module, layout)), heads * (qk + v),
+        new_heads * (new_qk + new_v),
+    )  # fmt: skip
 
 
 def _block_kind(module: nn.Module) -> str | None:
@@ -223,11 +220,10 @@ def _reference(module: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
     return module.fc2(mlp_activation(module)(module.fc1(x)))
 
 
-def _projections(module: nn.Module, kind: str) -> list[nn.Linear]:
+def _projections(module: nn.Module, kind: str) -> tuple[nn.Linear, ...]:
     if kind == "mlp":
-        return [module.fc1, module.fc2]
-    layout = attention_layout(module)
-    return [getattr(module, n) for n in (layout.query, layout.key, layout.value, layout.output)]
+        return module.fc1, module.fc2
+    return _projections_of(module, attention_layout(module))
 
 
 def _unchanged(module: nn.Module, name: str, kind: str) -> BlockShrink:

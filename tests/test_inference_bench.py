@@ -45,10 +45,21 @@ def test_cli_bench_prints_end_to_end_per_layer_and_shrink_tables(pruned_dir, tmp
     assert data[0]["variants"]["converted"]["max_abs_diff"] < 1e-4
 
 
-def test_cli_bench_reports_bad_input_on_one_line(tmp_path, capsys):
-    assert main(["bench", str(tmp_path / "missing"), "--rounds", "1"]) == 1
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "missing"),
+        (["--dtype", "float8"], "--dtype must be float32, float16 or bfloat16"),
+        (["--kernels", "ell"], "Unknown kernels"),
+        (["--rounds", "0"], "must be positive integers"),
+    ],
+)
+def test_cli_bench_reports_bad_input_on_one_line(pruned_dir, tmp_path, capsys, extra, message):
+    model = str(tmp_path / "missing") if not extra else str(pruned_dir)
+    assert main(["bench", model, "--batch-size", "1", "--threads", "1", *extra]) == 1
     err = capsys.readouterr().err
     assert err.startswith("hf-afr bench: error:") and len(err.strip().splitlines()) == 1
+    assert message in err
 
 
 def test_inference_benchmark_quick_mode_writes_its_tables(pruned_dir, tmp_path):

@@ -69,11 +69,21 @@ def _timed(model, inputs):
     return call
 
 
+def bench_config(args: argparse.Namespace):
+    """The `SparseInferenceConfig` of the command line (validated before anything is loaded)."""
+    from .config import KERNELS, SparseInferenceConfig
+
+    return SparseInferenceConfig(
+        shrink=not args.no_shrink,
+        kernels=tuple(args.kernels or KERNELS),
+        timing_rounds=args.layer_rounds,
+    )
+
+
 def bench_batch(args: argparse.Namespace, batch_size: int) -> dict:
     """Load, convert and time one batch size; returns the numbers of the tables."""
     import torch
 
-    from .config import KERNELS, SparseInferenceConfig
     from .convert import default_example_inputs, run_model, to_sparse_inference
     from .kernels import module_bytes
     from .shrink import shrink
@@ -83,17 +93,12 @@ def bench_batch(args: argparse.Namespace, batch_size: int) -> dict:
     inputs = default_example_inputs(models["dense"], batch_size)
     dtype = next(models["dense"].parameters()).dtype
     inputs = {k: v.to(args.device, dtype) for k, v in inputs.items()}
-    config = SparseInferenceConfig(
-        shrink=not args.no_shrink,
-        kernels=tuple(args.kernels or KERNELS),
-        timing_rounds=args.layer_rounds,
-    )
     shrink_report = None
     if not args.no_shrink:
         models["shrunk"] = _load(args)
         shrink_report = shrink(models["shrunk"])
     models["converted"] = _load(args)
-    report = to_sparse_inference(models["converted"], config, example_inputs=inputs)
+    report = to_sparse_inference(models["converted"], bench_config(args), example_inputs=inputs)
     expected = run_model(models["dense"], inputs)
     variants = {name: _timed(model, inputs) for name, model in models.items()}
     timings = time_side_by_side(variants, "dense", args.rounds, 0.05, torch.device(args.device))
@@ -157,6 +162,11 @@ def run_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if any(b < 1 for b in args.batch_size) or args.rounds < 1 or args.layer_rounds < 1:
         raise ValueError("--batch-size, --rounds and --layer-rounds must be positive integers.")
+    if args.dtype not in (None, "float32", "float16", "bfloat16"):
+        raise ValueError(f"--dtype must be float32, float16 or bfloat16, got {args.dtype!r}.")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available here.")
+    bench_config(args)
     results = [bench_batch(args, b) for b in args.batch_size]
     text = format_tables(args.model, results)
     print(text)

@@ -364,25 +364,34 @@ def main(argv=None) -> dict:
         "load_start": " / ".join(f"{v:.2f}" for v in os.getloadavg()),
     }  # fmt: skip
     results: dict = {"meta": meta}
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(step: str) -> str:
+        """Write the tables so far (a stopped run keeps what it measured) and log progress."""
+        meta["wall_seconds"] = time.perf_counter() - start
+        meta["load_end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+        text = to_markdown(results)
+        (out / f"{args.output_name}.md").write_text(text)
+        (out / f"{args.output_name}.json").write_text(json.dumps(results, indent=1, default=str))
+        print(f"[{meta['wall_seconds'] / 60:.1f} min] {step}", file=sys.stderr, flush=True)
+        return text
+
+    # The cheap sections first: the main job's targets, then the criteria, then ViT-B/16.
+    if "main" in args.sections:
+        results["main"] = main_job_section(args)
+        save("main job output")
+    if "criteria" in args.sections:
+        results["criteria"] = criteria_section(args)
+        save("criteria")
     if "vit" in args.sections:
         shape = SHAPES["quick" if args.quick else "full"]
         results["vit"] = []
-        for structure in ("random", "afr-like"):
-            for sparsity in args.sparsities:
-                results["vit"] += vit_case(args, shape, structure, sparsity)
-        results["vit"] += vit_case(args, shape, "2:4", None)
-    if "main" in args.sections:
-        results["main"] = main_job_section(args)
-    if "criteria" in args.sections:
-        results["criteria"] = criteria_section(args)
-    meta["wall_seconds"] = time.perf_counter() - start
-    meta["load_end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = to_markdown(results)
-    (out / f"{args.output_name}.md").write_text(text)
-    (out / f"{args.output_name}.json").write_text(json.dumps(results, indent=1, default=str))
-    print(text)
+        cases = [(s, p) for s in ("random", "afr-like") for p in args.sparsities] + [("2:4", None)]
+        for structure, sparsity in cases:
+            results["vit"] += vit_case(args, shape, structure, sparsity)
+            save(f"{structure} {sparsity or ''}")
+    print(save("done"))
     return results
 
 

@@ -387,7 +387,8 @@ def main(argv=None) -> dict:
     if "vit" in args.sections:
         shape = SHAPES["quick" if args.quick else "full"]
         results["vit"] = []
-        cases = [(s, p) for s in ("random", "afr-like") for p in args.sparsities] + [("2:4", None)]
+        cases = [("random", p) for p in args.sparsities] + [("2:4", None)]
+        cases += [("afr-like", p) for p in args.sparsities]
         for structure, sparsity in cases:
             results["vit"] += vit_case(args, shape, structure, sparsity)
             save(f"{structure} {sparsity or ''}")

@@ -91,8 +91,8 @@ def test_inference_benchmark_quick_mode_writes_its_tables(pruned_dir, tmp_path):
     )
     assert [(r["structure"], r["batch"]) for r in results["vit"]] == [
         ("random", 1),
-        ("afr-like", 1),
         ("2:4", 1),
+        ("afr-like", 1),
     ]
     assert all(r["max_abs_diff"] < 1e-4 for r in results["vit"])
     assert results["main"]["shrunk"]["same_predictions"]

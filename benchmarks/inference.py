@@ -9,7 +9,7 @@
 3. How much each criterion's masks shrink: the embedded model scored on digits batches, per
    criterion and sparsity, the Linear multiply-adds and MLP hidden units that `shrink` removes.
 
-    python benchmarks/inference.py           # full: about 8-10 minutes on 2 CPU cores
+    python benchmarks/inference.py           # full: about 12-15 minutes on 2 quiet CPU cores
     python benchmarks/inference.py --quick   # small shapes, well under a minute
 
 Writes `inference.md` and `inference.json` to `--output_dir` (default `benchmarks/results/`).
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.98])
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--rounds", type=int, default=None, help="end-to-end rounds (5; quick 3)")
-    p.add_argument("--layer_rounds", type=int, default=None, help="per-layer rounds (3; quick 2)")
+    p.add_argument("--layer_rounds", type=int, default=2, help="per-layer rounds (2)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sections", nargs="+", default=["vit", "main", "criteria"])
     p.add_argument("--device", default="cpu")
@@ -66,7 +66,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.dtype = getattr(torch, args.dtype)
     args.rounds = args.rounds or (3 if args.quick else 5)
-    args.layer_rounds = args.layer_rounds or (2 if args.quick else 3)
     return args
 
 

@@ -45,10 +45,12 @@ def time_side_by_side(
     min_time: float = 0.002,
     device: torch.device | None = None,
     drop_slower_than: float | None = None,
+    warmup: bool = True,
 ) -> dict[str, Timing]:
     """Time callables side by side and compare each with `baseline`.
 
-    Every variant runs twice as a warm-up; the number of calls per measurement is set so that
+    Every variant runs once untimed and once timed as a warm-up (the timed call decides
+    `drop_slower_than`); the number of calls per measurement is set so that
     the baseline's measurement lasts at least `min_time` seconds. In each round every variant
     is measured once, in an order that rotates from round to round.
 
@@ -61,6 +63,8 @@ def time_side_by_side(
         drop_slower_than (`float`, *optional*): variants whose warm-up call is this many times
             slower than the baseline's are not measured further (their speed-up is that of the
             warm-up), which saves time where a kernel clearly loses.
+        warmup (`bool`, defaults to `True`): make a first, untimed call of every variant; pass
+            False if the caller has just called each of them.
 
     Returns:
         `dict[str, Timing]`: per variant, median seconds per call and the median (and range) of
@@ -68,7 +72,7 @@ def time_side_by_side(
     """
     if baseline not in variants:
         raise ValueError(f"The baseline {baseline!r} must be one of the variants.")
-    for fn in variants.values():  # first calls pay for allocations, caches, library handles
+    for fn in variants.values() if warmup else ():  # allocations, caches, library handles
         _measure(fn, 1, device)
     warm = {name: _measure(fn, 1, device) for name, fn in variants.items()}
     dropped = {

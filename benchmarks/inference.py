@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
     p.add_argument("--output_name", default="inference", help="writes <name>.md and <name>.json")
+    p.add_argument(
+        "--tabulate_only", action="store_true", help="rewrite <name>.md from an existing .json"
+    )
     args = p.parse_args(argv)
     args.dtype = getattr(torch, args.dtype)
     args.rounds = args.rounds or (3 if args.quick else 5)
@@ -263,6 +266,10 @@ def to_markdown(results: dict) -> str:
         f"{meta['threads']} torch threads, device {meta['device']}, {meta['dtype']}. Load average at start {meta['load_start']}, "
         f"at end {meta['load_end']}. Wall time {meta['wall_seconds'] / 60:.1f} min.",
     ]
+    if meta.get("finished") is None:
+        lines += ["", "**Incomplete run**: it stopped before recording its last finished step."]
+    elif meta["finished"] != "done":
+        lines += ["", f"**Incomplete run**: stopped after step '{meta['finished']}'."]
     if results.get("vit"):
         lines += vit_table(results["vit"], meta)
     if results.get("main"):
@@ -350,6 +357,13 @@ def criteria_table(rows: list[dict]) -> list[str]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.tabulate_only:
+        path = Path(args.output_dir) / f"{args.output_name}.json"
+        results = json.loads(path.read_text())
+        text = to_markdown(results)
+        path.with_suffix(".md").write_text(text)
+        print(text)
+        return results
     torch.set_num_threads(args.threads)
     logging.set_verbosity_error()
     start = time.perf_counter()
@@ -370,6 +384,7 @@ def main(argv=None) -> dict:
         """Write the tables so far (a stopped run keeps what it measured) and log progress."""
         meta["wall_seconds"] = time.perf_counter() - start
         meta["load_end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+        meta["finished"] = step
         text = to_markdown(results)
         (out / f"{args.output_name}.md").write_text(text)
         (out / f"{args.output_name}.json").write_text(json.dumps(results, indent=1, default=str))

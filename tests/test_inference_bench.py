@@ -101,3 +101,6 @@ def test_inference_benchmark_quick_mode_writes_its_tables(pruned_dir, tmp_path):
     assert "## 1. quick shape" in text and "## 2. The main job's output" in text
     assert "## 3. How much each criterion's masks shrink" in text
     assert json.loads((tmp_path / "inference.json").read_text())["meta"]["quick"] is True
+    assert "Incomplete run" not in text
+    module.main(["--tabulate_only", "--output_dir", str(tmp_path)])
+    assert (tmp_path / "inference.md").read_text() == text

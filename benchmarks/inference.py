@@ -57,9 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.98])
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--rounds", type=int, default=None, help="end-to-end rounds (5; quick 3)")
-    p.add_argument("--layer_rounds", type=int, default=2, help="per-layer rounds (2)")
+    p.add_argument("--layer_rounds", type=int, default=3, help="per-layer rounds (3)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sections", nargs="+", default=["vit", "main", "criteria"])
+    p.add_argument(
+        "--structures", nargs="+", default=["random", "2:4", "afr-like"], help="ViT-B/16 masks"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
     p.add_argument("--output_name", default="inference", help="writes <name>.md and <name>.json")
@@ -403,6 +406,7 @@ def main(argv=None) -> dict:
         results["vit"] = []
         cases = [("random", p) for p in args.sparsities] + [("2:4", None)]
         cases += [("afr-like", p) for p in args.sparsities]
+        cases = [(st, p) for st, p in cases if st in args.structures]
         for structure, sparsity in cases:
             results["vit"] += vit_case(args, shape, structure, sparsity)
             save(f"{structure} {sparsity or ''}")

@@ -66,7 +66,8 @@ class SparseInferenceConfig:
         default=5,
         metadata={
             "help": "Interleaved timing rounds per layer (dense and each candidate once per "
-            "round, order rotating; the choice uses the median of the per-round ratios)."
+            "round, order rotating); the choice compares the fastest call of each, since load "
+            "from other processes only slows calls down."
         },
     )
     drop_slower_than: float = field(

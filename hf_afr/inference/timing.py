@@ -17,11 +17,18 @@ import torch
 
 @dataclass
 class Timing:
-    """Median seconds per call of one variant and its median per-round speed-up over the baseline."""
+    """One variant against the baseline.
+
+    `seconds`: median seconds per call; `speedup`: median of the per-round ratios baseline time /
+    variant time, with their `speedup_range`; `best_speedup`: fastest baseline call / fastest
+    variant call, the estimate least disturbed by other load on the machine (which only ever
+    slows calls down), used to choose kernels.
+    """
 
     seconds: float
     speedup: float
     speedup_range: tuple[float, float]
+    best_speedup: float = 0.0
 
 
 def _sync(device: torch.device | None) -> None:
@@ -76,7 +83,7 @@ def time_side_by_side(
         _measure(fn, 1, device)
     warm = {name: _measure(fn, 1, device) for name, fn in variants.items()}
     dropped = {
-        name: Timing(t, warm[baseline] / t, (warm[baseline] / t,) * 2)
+        name: Timing(t, warm[baseline] / t, (warm[baseline] / t,) * 2, warm[baseline] / t)
         for name, t in warm.items()
         if drop_slower_than is not None and t > drop_slower_than * warm[baseline]
     }
@@ -94,5 +101,6 @@ def time_side_by_side(
             seconds=statistics.median(times[name]),
             speedup=statistics.median(ratios),
             speedup_range=(min(ratios), max(ratios)),
+            best_speedup=min(times[baseline]) / min(times[name]),
         )
     return result

@@ -146,6 +146,21 @@ def test_the_faster_kernel_wins_and_dense_stays_where_dense_wins(monkeypatch):
     assert "| vit.layers.0.mlp.fc1 | 64x32 |" in report.to_markdown()
 
 
+def test_layers_of_the_same_kind_decide_on_their_pooled_speed_ups():
+    from hf_afr.inference.convert import _decide
+    from hf_afr.inference.report import LayerChoice
+
+    def layer(name, speedup, shape=(64, 32), sparsity=0.95):
+        return LayerChoice(name, shape, 17, sparsity, "dense", None, {"csr": speedup})
+
+    alike = [layer("a", 1.6), layer("b", 0.5), layer("c", 0.7)]  # one noisy win, median 0.7
+    other = layer("d", 1.2, shape=(32, 32))
+    denser = layer("e", 1.3, sparsity=0.90)
+    _decide([*alike, other, denser], SparseInferenceConfig())
+    assert [c.kernel for c in alike] == ["dense"] * 3 and all(c.pooled_over == 3 for c in alike)
+    assert other.kernel == denser.kernel == "csr" and other.speedup == 1.2
+
+
 def test_a_kernel_that_gets_a_layer_wrong_is_never_chosen(monkeypatch):
     def wrong(linear, kernel, block_size=None, speedup=None):
         weight = linear.weight.detach().clone()

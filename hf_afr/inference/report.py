@@ -78,7 +78,12 @@ class ShrinkReport:
 
 @dataclass
 class LayerChoice:
-    """The kernel chosen for one Linear, with the timing it was chosen on."""
+    """The kernel chosen for one Linear, with the timing it was chosen on.
+
+    `candidates`: this layer's measured best-of speed-up of each sparse kernel over dense;
+    `speedup`: the chosen kernel's speed-up pooled (median) over the `pooled_over` layers of
+    the same shape, input rows and sparsity.
+    """
 
     name: str
     shape: tuple[int, int]
@@ -90,6 +95,7 @@ class LayerChoice:
     skipped: dict[str, str] = field(default_factory=dict)
     bytes_dense: int = 0
     bytes_now: int = 0
+    pooled_over: int = 1
 
 
 @dataclass
@@ -125,6 +131,8 @@ class InferenceReport:
             others = [f"{k} {v:.2f}x" for k, v in c.candidates.items() if k != c.kernel]
             others += [f"{k}: {why}" for k, why in c.skipped.items()]
             speed = "" if c.speedup is None else f"{c.speedup:.2f}x"
+            if c.speedup is not None and c.pooled_over > 1:
+                speed += f" (median of {c.pooled_over} alike)"
             lines.append(
                 f"| {c.name} | {c.shape[0]}x{c.shape[1]} | {c.input_rows} | {c.sparsity:.1%} | "
                 f"{c.kernel} | {speed} | {'; '.join(others)} | {c.bytes_dense:,} -> {c.bytes_now:,} |"

@@ -30,7 +30,10 @@ _LAZY_ATTRIBUTES = {
     "find_prunable_parameters": ".targets",
     "get_criterion": ".criteria",
     "register_criterion": ".criteria",
+    "SparseInferenceConfig": ".inference",
     "select_masks": ".masks",
+    "shrink": ".inference",
+    "to_sparse_inference": ".inference",
     "supported_model_types": ".architectures",
 }
 
@@ -41,6 +44,7 @@ __all__ = [
     "PrunerConfig",
     "PruningMaskCallback",
     "SparsityReport",
+    "SparseInferenceConfig",
     "SparsityViolationError",
     "__version__",
     "apply_masks",
@@ -50,7 +54,9 @@ __all__ = [
     "get_criterion",
     "register_criterion",
     "select_masks",
+    "shrink",
     "supported_model_types",
+    "to_sparse_inference",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on demand
@@ -63,6 +69,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
         SparsityViolationError,
         enforce_masks,
     )
+    from .inference import SparseInferenceConfig, shrink, to_sparse_inference
     from .masks import apply_masks, select_masks
     from .pruner import AFRPruner
     from .report import SparsityReport

@@ -4,6 +4,8 @@
     hf-afr compact SRC DST      dense -> compact (encoded masks + kept values)
     hf-afr report PATH          per-tensor sparsity of a pruned checkpoint, checked against
                                 its weights (folder or Hub id)
+    hf-afr bench PATH           dense vs shrunk vs converted for inference, per layer and
+                                end to end
 
 SRC and PATH may be local folders or Hub repository ids. Errors are one line on stderr with a
 non-zero exit; `--debug` shows the traceback. Every import beyond argparse happens inside the
@@ -61,8 +63,50 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--markdown", action="store_true", help="print a markdown table")
     report.add_argument("--revision", default=None, help="Hub revision of PATH")
     report.set_defaults(func=_report)
+    text = "time a pruned model dense vs shrunk vs converted for inference"
+    bench = sub.add_parser("bench", help=text, description=text, parents=[debug])
+    _add_bench_arguments(bench)
+    bench.set_defaults(func=_bench)
     parser.set_defaults(debug=False)
     return parser
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .inference.bench import run_bench
+
+    status = run_bench(args)
+    if status:
+        raise SystemExit(status)
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of `hf-afr bench` to an (empty) argument parser."""
+    parser.add_argument("model", metavar="MODEL_DIR", help="pruned checkpoint: folder or Hub id")
+    parser.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="batch sizes to convert for and time (default: 1 8)",
+    )
+    parser.add_argument(
+        "--kernels",
+        nargs="+",
+        default=None,
+        help="kernels to consider (dense csr bsr semi_structured; default: all)",
+    )
+    parser.add_argument("--no-shrink", action="store_true", help="skip exact shrinking")
+    parser.add_argument("--rounds", type=int, default=7, help="end-to-end timing rounds (7)")
+    parser.add_argument(
+        "--layer-rounds", type=int, default=5, help="per-layer timing rounds at conversion (5)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="device to run on (cpu, cuda, ...)")
+    parser.add_argument("--dtype", default=None, help="e.g. float16 or bfloat16 (default: saved)")
+    parser.add_argument("--output", default=None, help="also write the tables to this .md file")
+    parser.add_argument("--revision", default=None, help="Hub revision of MODEL_DIR")
 
 
 def _densify(args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +42,12 @@ class PrunerConfig:
         default="afr",
         metadata={"help": "Pruning criterion: 'afr', 'snip', 'refer', 'magnitude' or 'random'."},
     )
-    sparsity: float = field(
-        default=0.9,
-        metadata={"help": "Fraction of prunable weights set to zero, in [0, 1)."},
+    sparsity: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction of prunable weights set to zero, in [0, 1). Default: 0.9, or "
+            "1 - N/M with `pattern`."
+        },
     )
     scope: str = field(
         default="global",
@@ -115,6 +119,15 @@ class PrunerConfig:
             "settings are left as they are."
         },
     )
+    pattern: str | None = field(
+        default=None,
+        metadata={
+            "help": "Semi-structured N:M sparsity, e.g. '2:4': in every prunable weight, each run "
+            "of M consecutive weights along the input dimension keeps its N best-scored weights "
+            "(any criterion). Fixes the sparsity at 1 - N/M (an explicit different `sparsity` is "
+            "an error) and makes `scope` irrelevant, since every tensor gets that sparsity."
+        },
+    )
     min_density: float = field(
         default=0.0,
         metadata={
@@ -133,7 +146,7 @@ class PrunerConfig:
             raise ValueError(
                 f"Unknown pruning method {self.method!r}. Choose one of: {', '.join(methods)}."
             )
-        self.sparsity = _as_float("sparsity", self.sparsity)
+        self._resolve_pattern_and_sparsity()
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(
                 f"`sparsity` must be in [0, 1) (the fraction of prunable weights set to zero), "
@@ -162,6 +175,27 @@ class PrunerConfig:
                 setattr(self, name, [value])
             elif value is not None and not all(isinstance(v, str) for v in value):
                 raise ValueError(f"`{name}` must be a list of strings, got {value!r}.")
+
+    def _resolve_pattern_and_sparsity(self) -> None:
+        if self.pattern is None:
+            self.sparsity = 0.9 if self.sparsity is None else _as_float("sparsity", self.sparsity)
+            return
+        n, m = parse_pattern(self.pattern)
+        self.pattern = f"{n}:{m}"
+        implied = 1.0 - n / m
+        if self.sparsity is not None:
+            sparsity = _as_float("sparsity", self.sparsity)
+            if abs(sparsity - implied) > 1e-9:
+                raise ValueError(
+                    f"`pattern` {self.pattern!r} fixes the sparsity at 1 - {n}/{m} = {implied:.4g}, "
+                    f"but `sparsity` is {sparsity}; leave `sparsity` unset or pass {implied:.4g}."
+                )
+        self.sparsity = implied
+
+    @property
+    def pattern_nm(self) -> tuple[int, int] | None:
+        """`pattern` as a tuple `(N, M)`, or None without a pattern."""
+        return None if self.pattern is None else parse_pattern(self.pattern)
 
     @property
     def needs_data(self) -> bool:
@@ -212,6 +246,18 @@ class PrunerConfig:
         else:
             path = resolve_file(name_or_path, PRUNER_CONFIG_NAME, **hub_kwargs)
         return cls.from_dict(read_json_object(path))
+
+
+def parse_pattern(pattern: Any) -> tuple[int, int]:
+    """`"N:M"` -> `(N, M)`, with a clear `ValueError` unless it is two integers 0 < N < M."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
+    n, m = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if not 0 < n < m:
+        raise ValueError(
+            f"`pattern` must be 'N:M' with integers 0 < N < M (keep N of every M consecutive "
+            f"weights), e.g. '2:4'; got {pattern!r}."
+        )
+    return n, m
 
 
 def _as_float(name: str, value: Any) -> float:

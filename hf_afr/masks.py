@@ -52,29 +52,68 @@ def _forced_keep(scores: dict[str, torch.Tensor], min_density: float) -> dict[st
     return keep
 
 
+def select_nm_masks(scores: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.Tensor]:
+    """N:M masks: in every run of `m` consecutive weights along the input dimension, keep the
+    `n` best-scored (ties: the earlier position is pruned first, as in `select_masks`).
+
+    The input dimension is the last one of a Linear weight (`[out, in]`); a Conv2d weight
+    `[out, in, kh, kw]` is grouped over its flattened `in * kh * kw` inputs.
+    """
+    if not 0 < n < m:
+        raise ValueError(f"An N:M pattern needs integers 0 < N < M, got {n}:{m}.")
+    masks = {}
+    for name, s in scores.items():
+        fan_in = s[0].numel() if s.dim() > 1 else s.numel()
+        if s.dim() < 2 or fan_in % m:
+            raise ValueError(
+                f"Cannot apply the {n}:{m} pattern to {name!r} (shape {tuple(s.shape)}): its input "
+                f"dimension ({fan_in}) must be a multiple of {m}. Exclude it with `exclude_modules`."
+            )
+        groups = s.detach().reshape(-1, m).float()
+        # A stable ascending sort puts the m - n lowest first, earlier positions first on ties.
+        order = torch.sort(groups, dim=1, stable=True).indices
+        mask = torch.ones_like(groups, dtype=torch.bool)
+        mask.scatter_(1, order[:, : m - n], False)
+        masks[name] = mask.view(s.shape)
+    return masks
+
+
 def select_masks(
     scores: dict[str, torch.Tensor],
     sparsity: float,
     scope: str = "global",
     min_density: float = 0.0,
+    pattern: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Boolean masks (True = kept) pruning the lowest-scored weights.
 
     Exact: with scope "global" exactly `round(sparsity * n)` of the n scored weights are
     pruned; with "layerwise" exactly `round(sparsity * n_t)` of each tensor's n_t. Ties are
     broken deterministically (the earlier position is pruned first). `min_density` makes
-    every tensor keep at least `ceil(min_density * n_t)` weights (global scope).
+    every tensor keep at least `ceil(min_density * n_t)` weights (global scope). With an
+    N:M `pattern` every run of M consecutive weights along the input dimension keeps its N
+    best (`select_nm_masks`); `sparsity` must then be 1 - N/M and `scope` does not matter.
 
     Args:
         scores (`dict[str, Tensor]`): one finite score tensor per parameter name.
         sparsity (`float`): fraction of weights to prune, in [0, 1).
         scope (`str`, defaults to `"global"`): `"global"` or `"layerwise"`.
         min_density (`float`, defaults to 0.0): per-tensor floor on the kept fraction.
+        pattern (`str`, *optional*): an N:M pattern such as `"2:4"`.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"`sparsity` must be in [0, 1), got {sparsity}.")
     if not scores:
         raise ValueError("No scores were given, so there is nothing to prune.")
+    if pattern is not None:
+        from .config import parse_pattern
+
+        n, m = parse_pattern(pattern)
+        if abs(sparsity - (1.0 - n / m)) > 1e-9:
+            raise ValueError(
+                f"The {n}:{m} pattern prunes 1 - {n}/{m} of the weights, but `sparsity` is {sparsity}."
+            )
+        return select_nm_masks(scores, n, m)
     if scope == "layerwise":
         return {name: _prune_lowest(s, round(sparsity * s.numel())) for name, s in scores.items()}
     if scope != "global":

@@ -158,7 +158,11 @@ class AFRPruner:
         """Score, select the masks (True = kept) and zero the pruned weights of `self.model`."""
         scores = self.compute_scores(batches, show_progress=show_progress)
         masks = select_masks(
-            scores, self.config.sparsity, self.config.scope, self.config.min_density
+            scores,
+            self.config.sparsity,
+            self.config.scope,
+            self.config.min_density,
+            pattern=self.config.pattern,
         )
         self.set_masks(masks)
         report = self.sparsity_report()

@@ -75,6 +75,30 @@ def load_script(name: str):
     return module
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a test module: tiny ops on a loaded machine are dominated by
+    thread synchronisation otherwise (results do not depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_hf_afr_logger():
+    """Each test starts with the "hf_afr" logger as a library user has it (a script run in
+    process configures it for its command line)."""
+    import logging
+
+    yield
+    logger = logging.getLogger("hf_afr")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Each test starts without accelerate's process-wide state (a Trainer run leaves it set)."""

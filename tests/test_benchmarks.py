@@ -135,8 +135,11 @@ def test_replication_benchmark_runs_on_a_toy_size(tmp_path):
         assert 0.0 <= r["accuracy"] <= 1.0
         if r["method"] != "dense":
             assert r["sparsity_measured"] == pytest.approx(0.9, abs=1e-4)
+            assert 0.0 <= r["shrink"]["macs_reduction"] < 1.0
+            assert len(r["shrink"]["mlp_units_removed"]) == 2
     assert (out / "results.png").stat().st_size > 0
     assert "| afr (token mean) |" in (out / "results.md").read_text()
+    assert "Exact shrinking of the masks" in (out / "results.md").read_text()
 
 
 def test_family_perf_benchmark_runs_on_toy_shapes(monkeypatch):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, load_script, write_image_folder
@@ -346,7 +347,9 @@ def test_horizontal_flip_is_the_only_augmentation_and_can_be_turned_off():
     class Identity:  # an image processor that returns the pixels as they are
         def __call__(self, images, return_tensors):
             return {
-                "pixel_values": torch.stack([torch.tensor(list(im.getdata())) for im in images])
+                "pixel_values": torch.stack(
+                    [torch.from_numpy(np.array(im)).reshape(-1, 3) for im in images]
+                )
             }
 
     image = Image.new("RGB", (4, 1))

@@ -227,7 +227,7 @@ def main_job_section(args) -> dict | None:
 def criteria_section(args) -> list[dict]:
     """Per criterion and sparsity: what `shrink` removes from the embedded model's masks."""
     from hf_afr import DEFAULT_MODEL, AFRPruner
-    from hf_afr.data.glyphs import digits_arrays
+    from hf_afr.data import digits_arrays
 
     x, y = digits_arrays("train")
     x = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1.0

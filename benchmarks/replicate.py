@@ -43,7 +43,7 @@ TASKS = ("digits", "cyrillic")
 @functools.cache
 def load_task(task: str) -> dict[str, torch.Tensor]:
     """Train/test tensors normalised as the model's processor does (x / 127.5 - 1)."""
-    from hf_afr.data.glyphs import digits_arrays, glyph_arrays, glyph_class_names
+    from hf_afr.data import digits_arrays, glyph_arrays, glyph_class_names
 
     if task == "digits":
         (xtr, ytr), (xte, yte) = digits_arrays("train"), digits_arrays("test")

@@ -34,7 +34,7 @@ import transformers
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification
 
-from hf_afr.data.glyphs import (
+from hf_afr.data import (
     PRETRAIN_GLYPH_SET,
     GlyphBank,
     glyph_arrays,

@@ -98,7 +98,7 @@ def load_embedded_dataset(name: str) -> DatasetDict:
     train/validation split. `cyrillic`: Cyrillic glyphs (absent from the default model's
     pretraining), training fonts for train, held-out fonts for validation.
     """
-    from ..data.glyphs import digits_dataset, glyph_dataset
+    from ..data import digits_dataset, glyph_dataset
 
     key = name[len(EMBEDDED_PREFIX) :]
     if key == "digits":

@@ -140,26 +140,3 @@ def test_replication_benchmark_runs_on_a_toy_size(tmp_path):
     assert (out / "results.png").stat().st_size > 0
     assert "| afr (token mean) |" in (out / "results.md").read_text()
     assert "Exact shrinking of the masks" in (out / "results.md").read_text()
-
-
-def test_family_perf_benchmark_runs_on_toy_shapes(monkeypatch):
-    perf_families = load("perf_families")
-    toy = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2)
-    toy |= dict(num_attention_heads=2, intermediate_size=64)
-    swin = dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2])
-    monkeypatch.setitem(
-        perf_families.SHAPES,
-        "toy",
-        {
-            "ViT": ("ViTConfig", toy),
-            "DeiT": ("DeiTConfig", toy),
-            "Swin": ("SwinConfig", swin | {"window_size": 4}),
-        },
-    )
-    result = perf_families.run("toy", batch_size=2, rounds=2)
-    assert [row["model"] for row in result["rows"]] == ["ViT", "DeiT", "Swin"]
-    assert all(len(t) == 2 for t in result["times"].values()) and len(result["times"]) == 9
-    vit = result["rows"][0]
-    assert vit["refer/snip vs vit"] == vit["afr/snip vs vit"] == 1.0
-    table = perf_families.markdown(result)
-    assert table.count("\n| ") == 4 and "| ViT |" in table and "reference" in table

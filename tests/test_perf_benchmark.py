@@ -231,6 +231,7 @@ def test_registry_sections_load_with_the_presets_of_their_suites():
         "upkeep",
         "scaling",
         "checkpoints",
+        "families",
     )
     assert registry.suite_sections("gpu") == ("gpu_scoring", "profile", "upkeep")
     for section in registry.SECTIONS:
@@ -287,3 +288,18 @@ def test_the_launcher_script_runs_and_fails_loudly(tmp_path):
         command + ["checkpoints", "--preset", "gpu"], capture_output=True, text=True
     )
     assert done.returncode != 0 and "'checkpoints' has no 'gpu' preset" in done.stderr
+
+
+def test_families_section(toy):
+    markdown, result = toy("families")
+    assert [row["model"] for row in result["rows"]] == ["ViT", "DeiT", "Swin"]
+    assert len(result["times"]) == 9 and all(len(t) == 2 for t in result["times"].values())
+    assert all(t > 0 for ts in result["times"].values() for t in ts)
+    vit, deit, swin = result["rows"]
+    assert vit["refer/snip vs vit"] == vit["afr/snip vs vit"] == 1.0
+    for row in (deit, swin):
+        for method in ("refer", "afr"):
+            expected = row[f"{method}/snip"]["median"] / vit[f"{method}/snip"]["median"]
+            assert row[f"{method}/snip vs vit"] == pytest.approx(expected)
+    assert [len(table_rows(markdown, f"{name} |")) for name in ("ViT", "DeiT", "Swin")] == [1, 1, 1]
+    assert "| reference |" in table_rows(markdown, "ViT |")[0]

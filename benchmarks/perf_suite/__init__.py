@@ -23,15 +23,15 @@ library's `torch.profiler` labels (`hf_afr::forward`, `hf_afr::backward[loss]`, 
 function documented as internal but stable for this benchmark:
 `hf_afr.criteria.afr.sum_of_z_scores` (section 2 times AFR's z-score stage apart).
 
-Adding a section (e.g. `benchmarks/perf_families.py`):
+Adding a section (e.g. `perf_suite/families.py`):
 
 1. Write a module with `PRESETS` (`{"full": ..., "quick": ..., "toy": ...}`, plus `"gpu"`
    for a GPU-suite section; a frozen dataclass of sizes per preset), `run(settings, rt)`
    returning JSON-ready results and raising when it cannot measure, and
    `markdown(result)` returning its tables. Helpers come from `perf_suite.common`.
 2. Add one `Section(key, title, module)` entry to `SECTIONS` in `registry.py`, e.g.
-   `Section("families", "7. Scoring time across model families", "perf_families")` (a module
-   beside `perf.py` is importable by its name); `suites=("cpu", "gpu")` to run it in both.
+   `Section("families", "7. Scoring time across model families", "perf_suite.families")` (a
+   module beside `perf.py` is importable by its name too); `suites=("cpu", "gpu")` to run it in both.
 3. Add its toy-size test to `tests/test_perf_benchmark.py` (assert the content of its
    result and table, not only that it ran).
 

@@ -156,14 +156,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output",
         default=None,
         help="Markdown file to write (JSON beside it). Default: benchmarks/results/perf.md for "
-        "the full CPU preset, perf-gpu.md for the GPU preset, nothing for 'quick' and 'toy'.",
+        "the whole full CPU suite, perf-gpu.md for the whole GPU suite; nothing for 'quick', "
+        "'toy' or a choice of --sections (which would otherwise replace the whole report).",
     )
     args = parser.parse_args(argv)
     if args.quick and args.preset not in (None, "quick"):
         parser.error(f"--quick and --preset {args.preset} disagree; give one of them.")
     if args.preset is None:
         args.preset = "quick" if args.quick else "gpu" if args.suite == "gpu" else "full"
-    if args.output is None and args.preset in ("full", "gpu"):
+    if args.output is None and args.preset in ("full", "gpu") and not args.sections:
         args.output = str(RESULTS / ("perf-gpu.md" if args.suite == "gpu" else "perf.md"))
     return args
 

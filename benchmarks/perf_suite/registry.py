@@ -30,7 +30,7 @@ class Section:
         key: the name used by `--sections` and as the key of the JSON results.
         title: the markdown heading (numbered as in the report).
         module: the importable module implementing the section (`benchmarks/` is on
-            `sys.path`, so a standalone `benchmarks/perf_families.py` is "perf_families").
+            `sys.path`, so a module `benchmarks/perf_x.py` beside `perf.py` is "perf_x").
         suites: the suites ("cpu", "gpu") that run it when no `--sections` are given.
     """
 
@@ -72,6 +72,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("upkeep", "4. Mask upkeep during fine-tuning", "perf_suite.upkeep", ("cpu", "gpu")),
     Section("scaling", "5. Scaling of the scoring time", "perf_suite.scaling"),
     Section("checkpoints", "6. Checkpoints: dense vs compact", "perf_suite.checkpoints"),
+    Section("families", "7. Scoring time across model families", "perf_suite.families"),
 )
 
 

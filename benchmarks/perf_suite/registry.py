@@ -72,6 +72,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("upkeep", "4. Mask upkeep during fine-tuning", "perf_suite.upkeep", ("cpu", "gpu")),
     Section("scaling", "5. Scaling of the scoring time", "perf_suite.scaling"),
     Section("checkpoints", "6. Checkpoints: dense vs compact", "perf_suite.checkpoints"),
+    Section("criteria", "7. Cost of every criterion against SNIP", "perf_suite.criteria"),
 )
 
 

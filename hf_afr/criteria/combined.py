@@ -99,7 +99,7 @@ def log_z_scores(
     return {name: la[name] + alpha * lb[name] for name in la}
 
 
-@register_criterion("refer_budget_snip_rank", needs_labels=True)
+@register_criterion("refer_budget_snip_rank", needs_labels=True, reads_features=True)
 def refer_budget_snip_rank_scores(model, batches, params, config) -> dict[str, torch.Tensor]:
     """ReFer's per-tensor kept counts at `config.sparsity`, SNIP's ranking inside each tensor.
 

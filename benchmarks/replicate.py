@@ -31,7 +31,7 @@ default grid has 210 runs.
   and dense, 3 seeds.
 
     python benchmarks/replicate.py              # full grid (210 runs, about an hour on 2 cores)
-    python benchmarks/replicate.py --quick      # digits, seed 0, 98%, 6 runs (a few minutes)
+    python benchmarks/replicate.py --quick      # digits, seed 0, 98%, 8 runs (a few minutes)
 
 Writes `results.json` (raw runs), `results.md` (mean +- std tables, paired comparisons) and
 `results.png` to `--output_dir` (default `benchmarks/results/`); `--tabulate_only` rewrites
@@ -271,7 +271,7 @@ def parse_args(argv=None):
     from hf_afr import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="digits, seed 0, 98%%, 6 runs")
+    p.add_argument("--quick", action="store_true", help="digits, seed 0, 98%%, 8 runs")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument(
         "--tasks", nargs="+", default=["digits", "cyrillic"], choices=TASKS,

@@ -185,3 +185,29 @@ def test_family_perf_benchmark_runs_on_toy_shapes(monkeypatch):
     assert vit["refer/snip vs vit"] == vit["afr/snip vs vit"] == 1.0
     table = perf_families.markdown(result)
     assert table.count("\n| ") == 4 and "| ViT |" in table and "reference" in table
+
+
+def test_combination_study_runs_on_a_toy_size_and_never_reads_the_test_split(tmp_path):
+    study = load("combination_study")
+    data = study.validation_task("digits", seed=0)
+    full = study.replicate.load_task("digits")
+    assert len(data["ytr"]) + len(data["yte"]) == len(full["ytr"])  # both from the train split
+    train_rows = {tuple(x.flatten()[::37].tolist()) for x in full["xtr"]}
+    assert all(tuple(x.flatten()[::37].tolist()) in train_rows for x in data["xte"][:20])
+    model_dir = tmp_path / "model"
+    tiny_vit(num_labels=3).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    out = tmp_path / "results"
+    results = study.main(
+        [
+            "--quick", "--candidates", "snip", "refer", "log_sum", "refer_budget_snip_rank",
+            "--epochs", "1", "--workers", "1", "--model", str(model_dir), "--output_dir", str(out),
+        ]
+    )  # fmt: skip
+    assert sorted(r["candidate"] for r in results) == sorted(
+        ["snip", "refer", "log_sum", "refer_budget_snip_rank"]
+    )
+    assert all(r["sparsity_measured"] == pytest.approx(0.98, abs=1e-4) for r in results)
+    md = (out / "combination.md").read_text()
+    assert "| refer_budget_snip_rank |" in md and "digits 98%" in md
+    assert len(json.loads((out / "combination.json").read_text())["runs"]) == 4

@@ -194,6 +194,10 @@ def parse_args(argv=None):
     p.add_argument("--scoring_batch_size", type=int, default=32)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
+    p.add_argument(
+        "--resume", action="store_true",
+        help="keep the runs in --output_dir/combination.json and run only the missing ones",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.sparsities = ["digits"], [0], [0.98]
@@ -222,12 +226,23 @@ def write_outputs(results: list[dict], args, wall: float, planned: int) -> str:
     return table
 
 
+def _key(run: dict) -> tuple:
+    return (run["task"], run["seed"], run["sparsity"], run["candidate"])
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     jobs = plan(args)
+    results, saved, prior_wall = [], Path(args.output_dir) / "combination.json", 0.0
+    if args.resume and saved.is_file():  # keep the runs of an interrupted study, do the rest
+        previous = json.loads(saved.read_text())
+        results, prior_wall = previous["runs"], previous["meta"]["wall_seconds"]
+        done = {_key(r) for r in results}
+        jobs = [job for job in jobs if _key(job) not in done]
+    planned = len(results) + len(jobs)
     print(f"{len(jobs)} runs on {args.workers} worker(s)", flush=True)
     start = time.perf_counter()
-    results = []
+    table = write_outputs(results, args, prior_wall, planned)
     with contextlib.ExitStack() as stack:
         if args.workers > 1:
             pool = stack.enter_context(mp.get_context("spawn").Pool(args.workers))
@@ -237,11 +252,11 @@ def main(argv=None) -> list[dict]:
         for r in runs:
             results.append(r)
             print(
-                f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} {r['candidate']} "
+                f"[{len(results)}/{planned}] {r['task']} seed {r['seed']} {r['candidate']} "
                 f"{r['sparsity']:.0%}: {100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
                 flush=True,
             )
-            table = write_outputs(results, args, time.perf_counter() - start, len(jobs))
+            table = write_outputs(results, args, prior_wall + time.perf_counter() - start, planned)
     print(table)
     return results
 

@@ -138,7 +138,12 @@ def shrink_table(results: list[dict]) -> list[str]:
 
 
 def score_statistics_table(results: list[dict]) -> list[str]:
-    stats = [r for r in results if "score_stats" in r and not r.get("control")]
+    # The combination's scores are within-tensor ranks, whose statistics mean nothing here.
+    stats = [
+        r
+        for r in results
+        if "score_stats" in r and not r.get("control") and r["method"] != COMBINATION
+    ]
     if not stats:
         return []
     lines = [

@@ -62,6 +62,11 @@ METHODS = {
         "Data-free: each weight is scored by its share of the synaptic flow through the network "
         "with all parameters made positive, over iterative rounds of scoring and pruning.",
     ),
+    "refer_budget_snip_rank": (
+        "ReFer budgets, SNIP ranking",
+        "Each weight tensor keeps as many weights as a global ReFer selection keeps in it, and "
+        "inside each tensor the weights of highest SNIP score |dL/dw * w| are kept.",
+    ),
     "magnitude": ("magnitude pruning", "The weights of smallest absolute value are pruned."),
     "random": ("random pruning", "Weights are pruned uniformly at random (a baseline)."),
 }

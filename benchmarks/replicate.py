@@ -16,21 +16,20 @@ methods are compared pairwise per seed. Masks come from the code path of `AFRPru
 
 The grid has three parts (`--parts`), sized to stay under about an hour on 2 cores: a run
 costs about 35 s on one core (the earlier 132-run grid took 38 min with 2 workers), and the
-default grid has 210 runs.
+default grid has 216 runs.
 
 - `main`: digits and cyrillic at 95% and 98%, 3 seeds: dense, random, magnitude, snip, refer,
-  afr, synflow, grasp, fisher and `refer_budget_snip_rank` (ReFer's per-tensor budgets, SNIP's
-  ranking inside each tensor; `benchmarks/combination_study.py`). 90% is left out (every
+  afr, synflow, grasp, fisher and `refer_snip_log_z` (z(log ReFer) + 0.5 z(log SNIP), the
+  best SNIP + ReFer combination on validation splits; `benchmarks/combination_study.py`). 90% is left out (every
   criterion is close to dense there on these tasks), and so is the token-mean feature
   ablation (`--ablation` brings it back).
 - `controls`: the sanity checks of Frankle et al. (2021) at 95% only, digits and cyrillic,
   3 seeds: `shuffle` for every data-driven criterion, `invert` and `magnitude_inside` for snip,
-  refer and afr. `refer_budget_snip_rank` has no controls of its own: its per-tensor budgets
-  are ReFer's, so its shuffle and magnitude_inside masks are exactly ReFer's.
+  refer and afr.
 - `typefaces`: the fine-grained task at 80% (the paper's Table 1 sparsity), every criterion
   and dense, 3 seeds.
 
-    python benchmarks/replicate.py              # full grid (210 runs, about an hour on 2 cores)
+    python benchmarks/replicate.py              # full grid (216 runs, about an hour on 2 cores)
     python benchmarks/replicate.py --quick      # digits, seed 0, 98%, 8 runs (a few minutes)
 
 Writes `results.json` (raw runs), `results.md` (mean +- std tables, paired comparisons) and
@@ -65,7 +64,7 @@ DATA_FREE = ("random", "magnitude", "synflow")
 CONTROLS = ("shuffle", "invert", "magnitude_inside")
 # Criteria that get each control in the `controls` part.
 CONTROLLED = {
-    "shuffle": ("snip", "refer", "afr", "grasp", "fisher"),
+    "shuffle": ("snip", "refer", "afr", "grasp", "fisher", COMBINATION),
     "invert": ("snip", "refer", "afr"),
     "magnitude_inside": ("snip", "refer", "afr"),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-COMBINATION = "refer_budget_snip_rank"
+COMBINATION = "refer_snip_log_z"
 # Paired comparisons: (first, second) labels; wins = seeds where the first is better.
 PAIRS = (
     ("afr", "snip"),
@@ -138,12 +138,7 @@ def shrink_table(results: list[dict]) -> list[str]:
 
 
 def score_statistics_table(results: list[dict]) -> list[str]:
-    # The combination's scores are within-tensor ranks, whose statistics mean nothing here.
-    stats = [
-        r
-        for r in results
-        if "score_stats" in r and not r.get("control") and r["method"] != COMBINATION
-    ]
+    stats = [r for r in results if "score_stats" in r and not r.get("control")]
     if not stats:
         return []
     lines = [

@@ -47,36 +47,54 @@ def expected_split_masks(budget, rank, sparsity):
     return masks
 
 
+def scores_of(method, batches, sparsity=0.9):
+    config = PrunerConfig(method=method, sparsity=sparsity, num_batches=2)
+    return AFRPruner(tiny_vit(), config).compute_scores(batches, show_progress=False)
+
+
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
-def test_refer_budget_snip_rank_criterion_matches_numpy(sparsity):
+def test_budget_rank_split_of_real_scores_matches_numpy(sparsity):
     batches = tiny_batches()
-
-    def scores(method):
-        config = PrunerConfig(method=method, sparsity=sparsity, num_batches=2)
-        return AFRPruner(tiny_vit(), config).compute_scores(batches, show_progress=False)
-
-    expected = expected_split_masks(scores("refer"), scores("snip"), sparsity)
-    config = PrunerConfig(method="refer_budget_snip_rank", sparsity=sparsity, num_batches=2)
-    pruner = AFRPruner(tiny_vit(), config)
-    masks = pruner.prune(batches, show_progress=False)
+    refer, snip = scores_of("refer", batches), scores_of("snip", batches)
+    expected = expected_split_masks(refer, snip, sparsity)
+    masks = select_masks(budget_rank_scores(refer, snip, sparsity), sparsity)
     assert set(masks) == set(expected)
     for name, mask in masks.items():
         np.testing.assert_array_equal(mask.numpy(), expected[name], err_msg=name)
     # Not vacuous: the split differs from both ReFer's and SNIP's own global masks.
-    for method in ("refer", "snip"):
-        own = select_masks(scores(method), sparsity)
-        assert any(not torch.equal(own[n], masks[n]) for n in masks), method
+    for own in (select_masks(refer, sparsity), select_masks(snip, sparsity)):
+        assert any(not torch.equal(own[n], masks[n]) for n in masks)
 
 
-def test_layerwise_scope_ranks_by_snip_inside_each_tensor():
+def numpy_log_z(refer, snip, alpha):
+    """z(log(r + r_min)) + alpha * z(log(s + s_min)) in float64, r_min/s_min the smallest
+    positive scores, z over all weights."""
+    names = list(refer)
+
+    def zlog(scores):
+        flat = np.concatenate([scores[n].double().numpy().ravel() for n in names])
+        x = np.log(flat + flat[flat > 0].min())
+        return (x - x.mean()) / x.std()
+
+    total = zlog(refer) + alpha * zlog(snip)
+    out, start = {}, 0
+    for n in names:
+        out[n] = total[start : start + refer[n].numel()].reshape(refer[n].shape)
+        start += refer[n].numel()
+    return out
+
+
+def test_refer_snip_log_z_criterion_matches_numpy():
     batches = tiny_batches()
-    config = PrunerConfig(method="snip", sparsity=0.7, scope="layerwise", num_batches=2)
-    snip_masks = AFRPruner(tiny_vit(), config).prune(batches, show_progress=False)
-    config = PrunerConfig(
-        method="refer_budget_snip_rank", sparsity=0.7, scope="layerwise", num_batches=2
-    )
-    masks = AFRPruner(tiny_vit(), config).prune(batches, show_progress=False)
-    assert all(torch.equal(masks[n], snip_masks[n]) for n in masks)
+    expected = numpy_log_z(scores_of("refer", batches), scores_of("snip", batches), 0.5)
+    got = scores_of("refer_snip_log_z", batches)
+    for name in expected:
+        np.testing.assert_allclose(got[name].numpy(), expected[name], atol=1e-4, err_msg=name)
+    # Not vacuous: the masks differ from ReFer's, SNIP's and AFR's.
+    masks = select_masks(got, 0.9)
+    for method in ("refer", "snip", "afr"):
+        own = select_masks(scores_of(method, batches), 0.9)
+        assert any(not torch.equal(own[n], masks[n]) for n in masks), method
 
 
 def test_log_combinations_rank_by_product_and_by_weighted_log_z():

@@ -11,8 +11,9 @@ on a validation split carved from the training data:
 - `log_sum_scores(a, b)`: log(a) + log(b), i.e. ranking by the product (geometric mean);
 - `log_z_scores(a, b, alpha)`: z(log a) + alpha * z(log b), a mixing weight on log-scores.
 
-The criterion `refer_budget_snip_rank` registers the first: ReFer decides how many weights
-each tensor keeps, SNIP which ones.
+The criterion `refer_snip_log_z` registers the candidate that did best on validation,
+z(log ReFer) + 0.5 * z(log SNIP); it did not beat ReFer reliably (docs/science.md), and `afr`
+stays the paper's definition.
 """
 
 from __future__ import annotations
@@ -99,18 +100,17 @@ def log_z_scores(
     return {name: la[name] + alpha * lb[name] for name in la}
 
 
-@register_criterion("refer_budget_snip_rank", needs_labels=True, reads_features=True)
-def refer_budget_snip_rank_scores(model, batches, params, config) -> dict[str, torch.Tensor]:
-    """ReFer's per-tensor kept counts at `config.sparsity`, SNIP's ranking inside each tensor.
+# The mixing weight of `refer_snip_log_z`, chosen on validation splits by
+# `benchmarks/combination_study.py` (never on a test split).
+LOG_Z_ALPHA = 0.5
 
-    With `scope="layerwise"` or an N:M `pattern` the budgets are fixed by the scope or the
-    pattern, so the scores are SNIP's within-tensor ranks.
-    """
+
+@register_criterion("refer_snip_log_z", needs_labels=True, reads_features=True)
+def refer_snip_log_z_scores(model, batches, params, config) -> dict[str, torch.Tensor]:
+    """z(log ReFer) + 0.5 * z(log SNIP), both gradients from one shared forward pass per batch."""
     loss_grads, refer_grads = accumulate_gradients(
         model, batches, params, config, objectives=("loss", "refer")
     )
     snip = connection_sensitivity(loss_grads, params)
     refer = connection_sensitivity(refer_grads, params)
-    if config.scope != "global" or config.pattern is not None:
-        return {name: within_tensor_ranks(s) for name, s in snip.items()}
-    return budget_rank_scores(refer, snip, config.sparsity, config.min_density)
+    return log_z_scores(refer, snip, alpha=LOG_Z_ALPHA)

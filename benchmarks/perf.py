@@ -1,4 +1,5 @@
-"""Performance of hf_afr in one run: scoring cost, memory, mask upkeep, scaling, checkpoints.
+"""Performance of hf_afr in one run: scoring cost, memory, mask upkeep, scaling, checkpoints,
+criteria.
 
 Sections (each prints one markdown table; the code is in `benchmarks/perf_suite/`, one module
 per section, see its package docstring for the design and for adding a section):
@@ -18,6 +19,8 @@ per section, see its package docstring for the design and for adding a section):
    with least-squares line fits.
 6. Checkpoints: `benchmarks/checkpoint_size.py` (dense vs compact sizes, information bound,
    save/load times), called rather than duplicated.
+7. Criteria: every data-driven criterion (SNIP, ReFer, AFR, GraSP, Fisher, SynFlow with its
+   default rounds and with fewer) timed against SNIP on the same batches.
 
 A section that cannot measure fails the run (non-zero exit).
 

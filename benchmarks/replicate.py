@@ -1,23 +1,40 @@
-"""Does AFR beat SNIP? The paper's comparison on a small offline proxy.
+"""Does AFR beat SNIP? The paper's comparison, sanity checks and more criteria on an offline proxy.
 
-The embedded glyph-pretrained tiny ViT (`hf_afr.DEFAULT_MODEL`) plays ViT-B/16, and two real
-downstream tasks play CIFAR/Tiny-ImageNet:
+The embedded glyph-pretrained tiny ViT (`hf_afr.DEFAULT_MODEL`) plays ViT-B/16; three real or
+rendered downstream tasks play the paper's datasets:
 
 - `digits`: scikit-learn's handwritten digits (1797 real 8x8 scans, upsampled), 10 classes;
 - `cyrillic`: Cyrillic letters, a script absent from pretraining, trained on the training
-  fonts and tested on held-out fonts.
+  fonts and tested on held-out fonts;
+- `typefaces`: which of 20 typefaces drew a letter (fine-grained, like the paper's Table 1),
+  tested on held-out letters.
 
-For every (task, seed) all methods see the same scoring batches, the same new classifier head
-and the same fine-tuning recipe (AdamW, cosine schedule, masks kept by `enforce_masks`).
-Methods: dense, random, magnitude, snip, refer, afr; plus refer/afr with token-mean features
-(ablation of the CLS default). Runs are spread over worker processes with one thread each.
+For every (task, seed) all runs see the same scoring batches, the same new classifier head
+and the same fine-tuning recipe (AdamW, cosine schedule, masks kept by `enforce_masks`), so
+methods are compared pairwise per seed. Masks come from the code path of `AFRPruner.prune`
+(`compute_scores`, then `hf_afr.controls.controlled_masks`), so controls apply as in `prune`.
 
-    python benchmarks/replicate.py                # full grid (132 runs, about 40 min on 2 cores)
-    python benchmarks/replicate.py --quick        # digits, one seed, 95/98% (a few minutes)
+The grid has three parts (`--parts`), sized to stay under about an hour on 2 cores: a run
+costs about 35 s on one core (the earlier 132-run grid took 38 min with 2 workers), and the
+default grid has 216 runs.
 
-Writes `results.json` (raw runs), `results.md` (mean +- std table, paired differences) and
+- `main`: digits and cyrillic at 95% and 98%, 3 seeds: dense, random, magnitude, snip, refer,
+  afr, synflow, grasp, fisher and `refer_snip_log_z` (z(log ReFer) + 0.5 z(log SNIP), the
+  best SNIP + ReFer combination on validation splits; `benchmarks/combination_study.py`). 90% is left out (every
+  criterion is close to dense there on these tasks), and so is the token-mean feature
+  ablation (`--ablation` brings it back).
+- `controls`: the sanity checks of Frankle et al. (2021) at 95% only, digits and cyrillic,
+  3 seeds: `shuffle` for every data-driven criterion, `invert` and `magnitude_inside` for snip,
+  refer and afr.
+- `typefaces`: the fine-grained task at 80% (the paper's Table 1 sparsity), every criterion
+  and dense, 3 seeds.
+
+    python benchmarks/replicate.py              # full grid (216 runs, about an hour on 2 cores)
+    python benchmarks/replicate.py --quick      # digits, seed 0, 98%, 8 runs (a few minutes)
+
+Writes `results.json` (raw runs), `results.md` (mean +- std tables, paired comparisons) and
 `results.png` to `--output_dir` (default `benchmarks/results/`); `--tabulate_only` rewrites
-the table and plot from an existing `results.json`.
+the tables and plot from an existing `results.json`.
 """
 
 from __future__ import annotations
@@ -28,22 +45,44 @@ import json
 import math
 import multiprocessing as mp
 import os
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-METHODS = ("dense", "random", "magnitude", "snip", "refer", "afr")
-ABLATION = ("refer", "afr")  # also run with feature_token="mean"
-TASKS = ("digits", "cyrillic")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import replicate_report  # noqa: E402
+
+COMBINATION = replicate_report.COMBINATION
+METHODS = (
+    "dense", "random", "magnitude", "snip", "refer", "afr", "synflow", "grasp", "fisher",
+    COMBINATION,
+)  # fmt: skip
+DATA_FREE = ("random", "magnitude", "synflow")
+CONTROLS = ("shuffle", "invert", "magnitude_inside")
+# Criteria that get each control in the `controls` part.
+CONTROLLED = {
+    "shuffle": ("snip", "refer", "afr", "grasp", "fisher", COMBINATION),
+    "invert": ("snip", "refer", "afr"),
+    "magnitude_inside": ("snip", "refer", "afr"),
+}
+ABLATION = ("refer", "afr")  # with --ablation, also run with feature_token="mean"
+TASKS = ("digits", "cyrillic", "typefaces")
+PARTS = ("main", "controls", "typefaces")
 
 
 @functools.cache
 def load_task(task: str) -> dict[str, torch.Tensor]:
     """Train/test tensors normalised as the model's processor does (x / 127.5 - 1)."""
-    from hf_afr.data import digits_arrays, glyph_arrays, glyph_class_names
+    from hf_afr.data import (
+        digits_arrays,
+        glyph_arrays,
+        glyph_class_names,
+        typeface_arrays,
+        typeface_class_names,
+    )
 
     if task == "digits":
         (xtr, ytr), (xte, yte) = digits_arrays("train"), digits_arrays("test")
@@ -52,6 +91,10 @@ def load_task(task: str) -> dict[str, torch.Tensor]:
         xtr, ytr = glyph_arrays("cyrillic", "train", samples_per_class=40, seed=1)
         xte, yte = glyph_arrays("cyrillic", "test", samples_per_class=20, seed=2)
         names = glyph_class_names("cyrillic")
+    elif task == "typefaces":
+        xtr, ytr = typeface_arrays("train", samples_per_class=60, seed=1)
+        xte, yte = typeface_arrays("test", samples_per_class=20, seed=2)
+        names = typeface_class_names()
     else:
         raise ValueError(f"Unknown task {task!r}; choose from {TASKS}.")
 
@@ -124,10 +167,11 @@ def shrink_statistics(model) -> dict:
 
 
 def run_job(job: dict) -> dict:
-    """Prune (unless dense), fine-tune and evaluate one (task, seed, method, sparsity) cell."""
+    """Prune (unless dense), fine-tune and evaluate one (task, seed, method, control, sparsity)."""
     from transformers.utils import logging
 
-    from hf_afr import AFRPruner, PrunerConfig, select_masks
+    from hf_afr import AFRPruner, PrunerConfig
+    from hf_afr.controls import controlled_masks
 
     torch.set_num_threads(1)
     logging.set_verbosity_error()
@@ -143,6 +187,7 @@ def run_job(job: dict) -> dict:
         feature_token=job["feature_token"],
         num_batches=job["num_batches"],
         seed=job["seed"],
+        control=job["control"],
     )
     pruner = AFRPruner.from_pretrained(job["model"], config, id2label=id2label)
     result = dict(job)
@@ -159,13 +204,15 @@ def run_job(job: dict) -> dict:
             for i in range(job["num_batches"])
         ]
         t0 = time.perf_counter()
+        # What `AFRPruner.prune` does, with the scores kept for their statistics.
         scores = pruner.compute_scores(batches, show_progress=False)
+        pruner.set_masks(controlled_masks(scores, pruner.params, pruner.config))
         result["scoring_seconds"] = time.perf_counter() - t0
         result["score_stats"] = score_statistics(scores)
-        pruner.set_masks(select_masks(scores, config.sparsity, config.scope))
         report = pruner.sparsity_report()
         result["sparsity_measured"] = report.sparsity
         result["fully_pruned"] = report.fully_pruned
+        result["kept_per_tensor"] = {name: int(m.sum()) for name, m in pruner.masks.items()}
         result["shrink"] = shrink_statistics(pruner.model)
         masks = pruner.masks
     fine_tune(pruner.model, data, job["seed"], job["epochs"], job["batch_size"], job["lr"], masks)
@@ -175,6 +222,7 @@ def run_job(job: dict) -> dict:
 
 
 def plan(args) -> list[dict]:
+    """The runs of the selected parts, one dense run per (task, seed), without duplicates."""
     base = {
         "model": args.model,
         "epochs": args.epochs,
@@ -183,250 +231,61 @@ def plan(args) -> list[dict]:
         "num_batches": args.num_batches,
         "scoring_batch_size": args.scoring_batch_size,
     }
-    jobs = []
-    for task in args.tasks:
-        for seed in args.seeds:
-            jobs.append(
-                {
-                    **base,
-                    "task": task,
-                    "seed": seed,
-                    "method": "dense",
-                    "sparsity": 0.0,
-                    "feature_token": "cls",
-                }
-            )
-            for sparsity in args.sparsities:
-                for method in args.methods:
-                    if method == "dense":
-                        continue
-                    jobs.append(
-                        {
-                            **base,
-                            "task": task,
-                            "seed": seed,
-                            "method": method,
-                            "sparsity": sparsity,
-                            "feature_token": "cls",
-                        }
-                    )
-                    if args.ablation and method in ABLATION:
-                        jobs.append(
-                            {
-                                **base,
-                                "task": task,
-                                "seed": seed,
-                                "method": method,
-                                "sparsity": sparsity,
-                                "feature_token": "mean",
-                            }
-                        )
-    return jobs
-
-
-def label(r: dict) -> str:
-    return r["method"] + (" (token mean)" if r["feature_token"] == "mean" else "")
-
-
-def summarise(results: list[dict], sparsities: list[float]) -> str:
-    lines = []
-    for task in sorted({r["task"] for r in results}):
-        rows = [r for r in results if r["task"] == task]
-        seeds = sorted({r["seed"] for r in rows})
-        lines += [
-            f"#### {task} (accuracy %, mean ± std over {len(seeds)} seeds; "
-            "[k] = weight tensors pruned to 100%, mean)",
-            "",
-            "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-            "|---|" + "---:|" * len(sparsities),
-        ]
-        dense = [100 * r["accuracy"] for r in rows if r["method"] == "dense"]
-        if dense:
-            cell = f"{statistics.mean(dense):.1f} ± {statistics.pstdev(dense):.1f}"
-            lines.append("| dense | " + " | ".join([cell] * len(sparsities)) + " |")
-        for name in dict.fromkeys(label(r) for r in rows if r["method"] != "dense"):
-            cells = []
-            for s in sparsities:
-                cell_runs = [r for r in rows if label(r) == name and r["sparsity"] == s]
-                if not cell_runs:
-                    cells.append("—")
+    methods = [m for m in args.methods if m != "dense"]
+    cells = []  # (task, sparsity, method, control, feature_token)
+    if "main" in args.parts:
+        for task in args.tasks:
+            for s in args.sparsities:
+                for m in methods:
+                    cells.append((task, s, m, None, "cls"))
+                    if args.ablation and m in ABLATION:
+                        cells.append((task, s, m, None, "mean"))
+    if "controls" in args.parts:
+        for task in args.tasks:
+            for s in args.control_sparsities:
+                for control in args.controls:
+                    cells += [
+                        (task, s, m, control, "cls") for m in CONTROLLED[control] if m in methods
+                    ]
+    if "typefaces" in args.parts:
+        for s in args.typefaces_sparsities:
+            cells += [("typefaces", s, m, None, "cls") for m in methods]
+    jobs, seen = [], set()
+    for seed in args.seeds:
+        for task in dict.fromkeys(c[0] for c in cells):
+            dense = [(task, 0.0, "dense", None, "cls")] if "dense" in args.methods else []
+            for cell in dense + [c for c in cells if c[0] == task]:
+                if (seed, *cell) in seen:
                     continue
-                acc = [100 * r["accuracy"] for r in cell_runs]
-                full = statistics.mean(len(r["fully_pruned"]) for r in cell_runs)
-                cells.append(
-                    f"{statistics.mean(acc):.1f} ± {statistics.pstdev(acc):.1f} [{full:.2g}]"
-                )
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += paired_differences(results, sparsities)
-    full = sorted(
-        {(label(r), name) for r in results for name in r.get("fully_pruned", [])},
-    )
-    if full:
-        lines += ["Weight tensors pruned to 100% in some run:", ""]
-        lines += [f"- {name} ({method})" for method, name in full]
-        lines.append("")
-    lines += shrink_table(results, sparsities)
-    stats = [
-        r
-        for r in results
-        if "score_stats" in r and r["method"] in ("snip", "refer") and r["feature_token"] == "cls"
-    ]
-    if stats:
-        lines += [
-            "#### Score statistics (z-scored, mean over runs)",
-            "",
-            "| criterion | skew | max z |",
-            "|---|---:|---:|",
-        ]
-        for method in ("snip", "refer"):
-            sel = [r["score_stats"] for r in stats if r["method"] == method]
-            if sel:
-                lines.append(
-                    f"| {method} | {statistics.mean(s['skew'] for s in sel):.1f} | "
-                    f"{statistics.mean(s['max_z'] for s in sel):.0f} |"
-                )
-        lines.append("")
-    return "\n".join(lines)
-
-
-def shrink_table(results: list[dict], sparsities: list[float]) -> list[str]:
-    """Per method and sparsity: encoder Linear multiply-adds and MLP hidden units that exact
-    shrinking removes from the masks (mean over tasks and seeds); structure worth as much as
-    accuracy when the model is to run faster."""
-    runs = [r for r in results if "shrink" in r]
-    if not runs:
-        return []
-    lines = [
-        "#### Exact shrinking of the masks (`hf_afr.shrink`): encoder Linear multiply-adds "
-        "removed, and MLP hidden units removed per layer (mean over tasks and seeds)",
-        "",
-        "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-        "|---|" + "---:|" * len(sparsities),
-    ]
-    for name in dict.fromkeys(label(r) for r in runs):
-        cells = []
-        for s in sparsities:
-            sel = [r["shrink"] for r in runs if label(r) == name and r["sparsity"] == s]
-            if not sel:
-                cells.append("—")
-                continue
-            units = zip(*(x["mlp_units_removed"] for x in sel))
-            per_layer = " / ".join(f"{statistics.mean(u):.0%}" for u in units)
-            cells.append(f"{statistics.mean(x['macs_reduction'] for x in sel):.1%} ({per_layer})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-PAIRS = (("afr", "snip"), ("afr", "refer"), ("refer", "snip"), ("afr", "magnitude"))
-
-
-def paired_differences(results: list[dict], sparsities: list[float]) -> list[str]:
-    """Accuracy differences between methods on the same (task, seed): the same scoring batches,
-    head and recipe, so seed-to-seed noise common to both cancels."""
-    cls = {
-        (r["task"], r["seed"], r["method"], r["sparsity"]): 100 * r["accuracy"]
-        for r in results
-        if r["feature_token"] == "cls"
-    }
-    methods = {m for (_, _, m, _) in cls}
-    pairs = [(a, b) for a, b in PAIRS if a in methods and b in methods]
-    if not pairs:
-        return []
-    lines = [
-        "#### Paired differences (accuracy points, mean over seeds; wins = seeds where the first "
-        "method is better)",
-        "",
-        "| task | comparison | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-        "|---|---|" + "---:|" * len(sparsities),
-    ]
-    for task in sorted({t for (t, _, _, _) in cls}):
-        seeds = sorted({seed for (t, seed, _, _) in cls if t == task})
-        for a, b in pairs:
-            cells = []
-            for s in sparsities:
-                diffs = [
-                    cls[task, seed, a, s] - cls[task, seed, b, s]
-                    for seed in seeds
-                    if (task, seed, a, s) in cls and (task, seed, b, s) in cls
-                ]
-                wins = sum(d > 0 for d in diffs)
-                cells.append(
-                    f"{statistics.mean(diffs):+.1f} ({wins}/{len(diffs)})" if diffs else "—"
-                )
-            lines.append(f"| {task} | {a} − {b} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-def header(meta: dict) -> str:
-    a = meta["args"]
-    model = Path(a["model"]).name
-    return (
-        "### Replication on the offline proxy\n\n"
-        f"`python benchmarks/replicate.py`: model `{model}`, {len(a['seeds'])} seeds, "
-        f"{a['num_batches']} scoring batches of {a['scoring_batch_size']} images, fine-tuning "
-        f"{a['epochs']} epochs AdamW lr {a['lr']:g} batch {a['batch_size']} (cosine), masks "
-        f"kept by `enforce_masks`; global sparsity over the encoder Linear weights, CLS "
-        f"features unless noted. torch {meta['torch']}, {a['workers']} worker process(es), "
-        f"{meta['threads_per_worker']} thread each; wall time {meta['wall_seconds'] / 60:.0f} "
-        "min.\n\n"
-    )
-
-
-def plot(results: list[dict], sparsities: list[float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({r["task"] for r in results})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        rows = [r for r in results if r["task"] == task]
-        dense = [100 * r["accuracy"] for r in rows if r["method"] == "dense"]
-        if dense:
-            ax.axhline(statistics.mean(dense), color="gray", ls="--", label="dense")
-        for name in dict.fromkeys(label(r) for r in rows if r["method"] != "dense"):
-            means, stds = [], []
-            for s in sparsities:
-                acc = [100 * r["accuracy"] for r in rows if label(r) == name and r["sparsity"] == s]
-                means.append(statistics.mean(acc) if acc else float("nan"))
-                stds.append(statistics.pstdev(acc) if acc else 0.0)
-            style = "--" if "mean" in name else "-"
-            ax.errorbar(
-                [100 * s for s in sparsities],
-                means,
-                yerr=stds,
-                ls=style,
-                marker="o",
-                capsize=3,
-                label=name,
-            )
-        ax.set_title(task)
-        ax.set_xlabel("sparsity (%)")
-        ax.set_ylabel("accuracy after fine-tuning (%)")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                seen.add((seed, *cell))
+                task_, sparsity, method, control, token = cell
+                jobs.append(
+                    {**base, "task": task_, "seed": seed, "method": method, "sparsity": sparsity,
+                     "control": control, "feature_token": token}
+                )  # fmt: skip
+    return jobs
 
 
 def parse_args(argv=None):
     from hf_afr import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="digits, seed 0, 95/98%%")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.98])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--quick", action="store_true", help="digits, seed 0, 98%%, 8 runs")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument(
-        "--no_ablation",
-        dest="ablation",
-        action="store_false",
-        help="skip the token-mean feature ablation",
-    )
+        "--tasks", nargs="+", default=["digits", "cyrillic"], choices=TASKS,
+        help="tasks of the main and controls parts",
+    )  # fmt: skip
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.95, 0.98])
+    p.add_argument("--control_sparsities", nargs="+", type=float, default=[0.95])
+    p.add_argument("--typefaces_sparsities", nargs="+", type=float, default=[0.8])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--controls", nargs="+", default=list(CONTROLS), choices=CONTROLS)
+    p.add_argument(
+        "--ablation", action="store_true",
+        help="also run refer and afr with token-mean features (main part)",
+    )  # fmt: skip
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="pretrained ViT to prune")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=64)
@@ -442,16 +301,25 @@ def parse_args(argv=None):
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.tasks, args.seeds, args.sparsities = ["digits"], [0], [0.95, 0.98]
+        args.parts, args.tasks, args.seeds = ["main", "controls"], ["digits"], [0]
+        args.sparsities = args.control_sparsities = [0.98]
+        args.methods = ["dense", "snip", "refer", "afr", COMBINATION]
+        args.controls = ["shuffle"]
     return args
 
 
 def write_outputs(results: list[dict], meta: dict, out: Path) -> str:
-    sparsities = sorted(meta["args"]["sparsities"])
-    table = header(meta) + summarise(results, sparsities)
+    table = replicate_report.header(meta) + replicate_report.summarise(results)
     (out / "results.md").write_text(table)
-    plot(results, sparsities, out / "results.png")
+    replicate_report.plot(results, out / "results.png")
     return table
+
+
+def _sort_key(r: dict) -> tuple:
+    return (
+        r["task"], r["seed"], METHODS.index(r["method"]), r.get("control") or "",
+        r["feature_token"], r["sparsity"],
+    )  # fmt: skip
 
 
 def main(argv=None) -> list[dict]:
@@ -459,6 +327,7 @@ def main(argv=None) -> list[dict]:
     if args.tabulate_only:
         out = Path(args.output_dir)
         saved = json.loads((out / "results.json").read_text())
+        saved["meta"].setdefault("runs", len(saved["runs"]))
         print(write_outputs(saved["runs"], saved["meta"], out))
         return saved["runs"]
     jobs = plan(args)
@@ -470,35 +339,32 @@ def main(argv=None) -> list[dict]:
             for r in pool.imap_unordered(run_job, jobs):
                 results.append(r)
                 print(
-                    f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} {label(r)} "
-                    f"{r['sparsity']:.0%}: {100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
+                    f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} "
+                    f"{replicate_report.label(r)} {r['sparsity']:.0%}: "
+                    f"{100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
                     flush=True,
                 )
     else:
-        for job in jobs:
-            results.append(run_job(job))
-    results.sort(
-        key=lambda r: (
-            r["task"],
-            r["seed"],
-            METHODS.index(r["method"]),
-            r["feature_token"],
-            r["sparsity"],
-        )
-    )
+        results = [run_job(job) for job in jobs]
+    results.sort(key=_sort_key)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "args": {k: v for k, v in vars(args).items()},
+        "args": dict(vars(args)),
         "wall_seconds": time.perf_counter() - start,
         "torch": torch.__version__,
         "threads_per_worker": 1,
+        "runs": len(results),
+        "run_seconds_mean": sum(r["seconds"] for r in results) / max(1, len(results)),
     }
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "runs": results}, indent=1, default=float)
     )
     print(write_outputs(results, meta, out))
-    print(f"wall time {meta['wall_seconds']:.0f}s; wrote {out}/results.{{json,md,png}}")
+    print(
+        f"wall time {meta['wall_seconds']:.0f}s, {meta['run_seconds_mean']:.0f}s per run; "
+        f"wrote {out}/results.{{json,md,png}}"
+    )
     return results
 
 

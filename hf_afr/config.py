@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +13,7 @@ from transformers.utils import logging
 from .architectures import FEATURE_TOKENS
 from .criteria import available_criteria, get_criterion
 from .files import atomic_write_text, read_json_object, resolve_file
+from .masks import parse_pattern  # noqa: F401 - re-exported
 from .version import __version__
 
 logger = logging.get_logger(__name__)
@@ -22,6 +22,7 @@ PRUNER_CONFIG_NAME = "pruner_config.json"  # also listed in `checkpoint.formats`
 
 SCOPES = ("global", "layerwise")
 FEATURE_LAYERS = ("encoder", "all")
+CONTROLS = ("shuffle", "invert", "magnitude_inside")
 
 
 @dataclass
@@ -40,7 +41,10 @@ class PrunerConfig:
 
     method: str = field(
         default="afr",
-        metadata={"help": "Pruning criterion: 'afr', 'snip', 'refer', 'magnitude' or 'random'."},
+        metadata={
+            "help": "Pruning criterion: 'afr', 'snip', 'refer', 'grasp', 'fisher' (read scoring "
+            "batches), 'synflow', 'magnitude' or 'random' (data-free). See docs/criteria.md."
+        },
     )
     sparsity: float | None = field(
         default=None,
@@ -135,9 +139,28 @@ class PrunerConfig:
             "this fraction of its weights. 0 (off) reproduces the paper's global allocation."
         },
     )
+    synflow_iterations: int = field(
+        default=100,
+        metadata={
+            "help": "SynFlow: number of score-and-prune rounds; round k prunes to "
+            "1 - (1 - sparsity)^(k/n) and rescores the remaining weights (1: one-shot)."
+        },
+    )
+    control: str | None = field(
+        default=None,
+        metadata={
+            "help": "Sanity-check control of the criterion's masks (Frankle et al., 2021): "
+            "'shuffle' (the criterion's kept count per tensor at random positions, seeded by "
+            "`seed`), 'invert' (keep the lowest-scored weights instead of the highest) or "
+            "'magnitude_inside' (the criterion's kept count per tensor, chosen by |w|)."
+        },
+    )
     seed: int = field(
         default=42,
-        metadata={"help": "Seed for the 'random' criterion and for any sampling while scoring."},
+        metadata={
+            "help": "Seed for the 'random' criterion, the 'shuffle' control and any sampling "
+            "while scoring."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -159,6 +182,16 @@ class PrunerConfig:
             raise ValueError(f"`num_batches` must be an integer, got {self.num_batches!r}.")
         if self.num_batches < 1:
             raise ValueError(f"`num_batches` must be at least 1, got {self.num_batches}.")
+        if (
+            isinstance(self.synflow_iterations, bool)
+            or not isinstance(self.synflow_iterations, int)
+            or self.synflow_iterations < 1
+        ):
+            raise ValueError(
+                f"`synflow_iterations` must be an integer >= 1, got {self.synflow_iterations!r}."
+            )
+        if self.control is not None:
+            _check_choice("control", self.control, CONTROLS)
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(
                 f"`micro_batch_size` must be a positive integer or None, got {self.micro_batch_size}."
@@ -246,18 +279,6 @@ class PrunerConfig:
         else:
             path = resolve_file(name_or_path, PRUNER_CONFIG_NAME, **hub_kwargs)
         return cls.from_dict(read_json_object(path))
-
-
-def parse_pattern(pattern: Any) -> tuple[int, int]:
-    """`"N:M"` -> `(N, M)`, with a clear `ValueError` unless it is two integers 0 < N < M."""
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
-    n, m = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-    if not 0 < n < m:
-        raise ValueError(
-            f"`pattern` must be 'N:M' with integers 0 < N < M (keep N of every M consecutive "
-            f"weights), e.g. '2:4'; got {pattern!r}."
-        )
-    return n, m
 
 
 def _as_float(name: str, value: Any) -> float:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +23,18 @@ def check_scores(scores: dict[str, torch.Tensor], params: dict[str, nn.Parameter
                 f"{bad} non-finite scores (NaN or inf) for parameter {name!r}. Check the model's "
                 "weights and the scoring batches (e.g. NaN pixels, a diverged model, fp16 overflow)."
             )
+
+
+def parse_pattern(pattern: Any) -> tuple[int, int]:
+    """`"N:M"` -> `(N, M)`, with a clear `ValueError` unless it is two integers 0 < N < M."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
+    n, m = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if not 0 < n < m:
+        raise ValueError(
+            f"`pattern` must be 'N:M' with integers 0 < N < M (keep N of every M consecutive "
+            f"weights), e.g. '2:4'; got {pattern!r}."
+        )
+    return n, m
 
 
 def _prune_lowest(scores: torch.Tensor, num_pruned: int) -> torch.Tensor:
@@ -106,8 +120,6 @@ def select_masks(
     if not scores:
         raise ValueError("No scores were given, so there is nothing to prune.")
     if pattern is not None:
-        from .config import parse_pattern
-
         n, m = parse_pattern(pattern)
         if abs(sparsity - (1.0 - n / m)) > 1e-9:
             raise ValueError(

@@ -24,9 +24,10 @@ from .checkpoint.load import (
 )
 from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
+from .controls import controlled_masks
 from .criteria import get_criterion
 from .hub import push_to_hub
-from .masks import apply_masks, check_scores, select_masks
+from .masks import apply_masks, check_scores
 from .report import SparsityReport
 from .targets import find_prunable_parameters
 
@@ -34,7 +35,7 @@ logger = logging.get_logger(__name__)
 
 
 class AFRPruner:
-    """Single-shot pruning of a vision transformer classifier with SNIP, ReFer or AFR.
+    """Pruning of a vision transformer classifier before fine-tuning (AFR, SNIP, ReFer, ...).
 
     Works on every family of `hf_afr.architectures.ARCHITECTURES` (ViT, DeiT, DINOv2, BEiT,
     CLIP, SigLIP, Swin, ...), as its transformers `*ForImageClassification` model.
@@ -125,9 +126,9 @@ class AFRPruner:
         """Score every prunable weight with `config.method`; changes no weight.
 
         Args:
-            batches: iterable of dicts with `pixel_values` (and `labels` for SNIP/AFR), e.g. a
-                `DataLoader`; the first `config.num_batches` are used. Not needed for
-                "magnitude" and "random".
+            batches: iterable of dicts with `pixel_values` (and `labels` for SNIP, AFR, GraSP and
+                Fisher), e.g. a `DataLoader`; the first `config.num_batches` are used. Not needed
+                for the data-free criteria ("synflow", "magnitude", "random").
             show_progress (`bool`, defaults to `True`): show a progress bar (also silenced by
                 `transformers.utils.logging.disable_progress_bar()`).
 
@@ -155,16 +156,13 @@ class AFRPruner:
     def prune(
         self, batches: Iterable[Mapping[str, Any]] | None = None, show_progress: bool = True
     ) -> dict[str, torch.Tensor]:
-        """Score, select the masks (True = kept) and zero the pruned weights of `self.model`."""
+        """Score, select the masks (True = kept) and zero the pruned weights of `self.model`.
+
+        The masks keep the highest scores (`hf_afr.masks.select_masks`), changed by
+        `config.control` when a sanity-check control is set (`hf_afr.controls`).
+        """
         scores = self.compute_scores(batches, show_progress=show_progress)
-        masks = select_masks(
-            scores,
-            self.config.sparsity,
-            self.config.scope,
-            self.config.min_density,
-            pattern=self.config.pattern,
-        )
-        self.set_masks(masks)
+        self.set_masks(controlled_masks(scores, self.params, self.config))
         report = self.sparsity_report()
         if report.fully_pruned:
             logger.warning(

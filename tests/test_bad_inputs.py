@@ -102,6 +102,20 @@ CASES = [
     ("argument file typo", "prune", "file_typo", "Unknown argument 'sparsty' in the argument"),
     ("resume without masks", "finetune", "resume", "has no pruning_masks.safetensors"),
     ("no image processor", "prune", "no_processor", "pass --image_processor_name"),
+    ("unknown control", "prune", ["--control", "flip"], "`control` must be one of 'shuffle'"),
+    ("no synflow rounds", "prune", ["--synflow_iterations", "0"], "`synflow_iterations` must be"),
+    (
+        "synflow rounds with N:M",
+        "prune",
+        ["--method", "synflow", "--pattern", "2:4"],
+        "no N:M form",
+    ),
+    (
+        "grasp with checkpointing",
+        "prune",
+        ["--method", "grasp", "--gradient_checkpointing", "true"],
+        "GraSP needs a double backward",
+    ),
 ]
 
 

@@ -107,36 +107,81 @@ def test_replication_benchmark_runs_on_a_toy_size(tmp_path):
     tiny_vit(num_labels=3).save_pretrained(model_dir)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
     out = tmp_path / "results"
+    combination = "refer_snip_log_z"
     results = replicate.main(
         [
-            "--tasks",
-            "digits",
-            "--seeds",
-            "0",
-            "--sparsities",
-            "0.9",
-            "--methods",
-            "dense",
-            "snip",
-            "afr",
-            "--epochs",
-            "1",
-            "--workers",
-            "1",
-            "--model",
-            str(model_dir),
-            "--output_dir",
-            str(out),
+            "--parts", "main", "controls", "typefaces",
+            "--tasks", "digits", "--seeds", "0", "--sparsities", "0.9",
+            "--control_sparsities", "0.9", "--typefaces_sparsities", "0.8",
+            "--methods", "dense", "snip", "refer", "synflow", combination,
+            "--controls", "shuffle", "invert",
+            "--ablation", "--epochs", "1", "--workers", "1",
+            "--model", str(model_dir), "--output_dir", str(out),
         ]
-    )
-    assert {r["method"] for r in results} == {"dense", "snip", "afr"}
-    assert len(results) == 1 + 2 + 1  # dense, snip, afr (cls), afr (token-mean ablation)
+    )  # fmt: skip
+    runs = {
+        (r["task"], r["method"], r["control"], r["feature_token"], r["sparsity"]) for r in results
+    }
+    assert len(runs) == len(results)  # no run twice
+    digits = {(m, c, t, s) for task, m, c, t, s in runs if task == "digits"}
+    assert digits == {
+        ("dense", None, "cls", 0.0),
+        *((m, None, "cls", 0.9) for m in ("snip", "refer", "synflow", combination)),
+        ("refer", None, "mean", 0.9),  # the token-mean ablation
+        *((m, c, "cls", 0.9) for m in ("snip", "refer") for c in ("shuffle", "invert")),
+        (combination, "shuffle", "cls", 0.9),
+    }
+    typefaces = {(m, s) for task, m, c, t, s in runs if task == "typefaces"}
+    assert typefaces == {
+        ("dense", 0.0),
+        *((m, 0.8) for m in ("snip", "refer", "synflow", combination)),
+    }
+    by_key = {(r["task"], r["method"], r["control"], r["feature_token"]): r for r in results}
     for r in results:
         assert 0.0 <= r["accuracy"] <= 1.0
         if r["method"] != "dense":
-            assert r["sparsity_measured"] == pytest.approx(0.9, abs=1e-4)
+            assert r["sparsity_measured"] == pytest.approx(r["sparsity"], abs=1e-4)
             assert 0.0 <= r["shrink"]["macs_reduction"] < 1.0
             assert len(r["shrink"]["mlp_units_removed"]) == 2
+    # The controls reach the masks: shuffling keeps ReFer's per-tensor kept counts and moves
+    # the kept weights (what shrinking removes changes); inverting changes the counts.
+    refer, shuffled, inverted = (
+        by_key["digits", "refer", c, "cls"] for c in (None, "shuffle", "invert")
+    )
+    assert shuffled["kept_per_tensor"] == refer["kept_per_tensor"]
+    assert shuffled["shrink"] != refer["shrink"]
+    assert inverted["kept_per_tensor"] != refer["kept_per_tensor"]
+    md = (out / "results.md").read_text()
     assert (out / "results.png").stat().st_size > 0
-    assert "| afr (token mean) |" in (out / "results.md").read_text()
-    assert "Exact shrinking of the masks" in (out / "results.md").read_text()
+    for row in (
+        "| refer (token mean) |", "| snip [shuffle] |", "| refer [invert] |",
+        f"| digits | {combination} − refer |", "| digits | snip − snip [invert] |",
+        "#### typefaces", "| synflow |", "Exact shrinking of the masks",
+    ):  # fmt: skip
+        assert row in md, row
+
+
+def test_combination_study_runs_on_a_toy_size_and_never_reads_the_test_split(tmp_path):
+    study = load("combination_study")
+    data = study.validation_task("digits", seed=0)
+    full = study.replicate.load_task("digits")
+    assert len(data["ytr"]) + len(data["yte"]) == len(full["ytr"])  # both from the train split
+    train_rows = {tuple(x.flatten()[::37].tolist()) for x in full["xtr"]}
+    assert all(tuple(x.flatten()[::37].tolist()) in train_rows for x in data["xte"][:20])
+    model_dir = tmp_path / "model"
+    tiny_vit(num_labels=3).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    out = tmp_path / "results"
+    results = study.main(
+        [
+            "--quick", "--candidates", "snip", "refer", "log_sum", "refer_budget_snip_rank",
+            "--epochs", "1", "--workers", "1", "--model", str(model_dir), "--output_dir", str(out),
+        ]
+    )  # fmt: skip
+    assert sorted(r["candidate"] for r in results) == sorted(
+        ["snip", "refer", "log_sum", "refer_budget_snip_rank"]
+    )
+    assert all(r["sparsity_measured"] == pytest.approx(0.98, abs=1e-4) for r in results)
+    md = (out / "combination.md").read_text()
+    assert "| refer_budget_snip_rank |" in md and "digits 98%" in md
+    assert len(json.loads((out / "combination.json").read_text())["runs"]) == 4

@@ -134,7 +134,9 @@ def test_micro_batches_give_the_scores_of_the_whole_batch(method):
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["snip", "refer", "afr", "magnitude", "random"])
+@pytest.mark.parametrize(
+    "method", ["snip", "refer", "afr", "grasp", "fisher", "synflow", "magnitude", "random"]
+)
 def test_scoring_changes_no_weight_and_restores_the_model_state(method):
     model, batches = tiny_vit(), tiny_batches(1)
     model.train()

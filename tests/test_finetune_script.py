@@ -189,6 +189,31 @@ def test_json_argument_file(tiny_vit_dir, image_folder, tmp_path):
     assert reloaded.sparsity_report().sparsity == pytest.approx(0.5, abs=1e-4)
 
 
+@pytest.mark.parametrize(
+    "method, control, log_line",
+    [
+        ("synflow", "shuffle", "Scoring with 'synflow' (no data, 3 rounds)."),
+        ("fisher", "invert", "Scoring with 'fisher' on 2 batches of 4 training images."),
+        ("grasp", "magnitude_inside", "Scoring with 'grasp' on 2 batches of 4 training images."),
+        ("refer", None, "Scoring with 'refer', 'cls' features on 2 batches of 4"),
+    ],
+)
+def test_prune_script_with_new_criteria_and_controls(
+    method, control, log_line, tiny_vit_dir, image_folder, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    args = common_args(tiny_vit_dir, out, tmp_path, *folder_args(image_folder))
+    args += ["--method", method, "--synflow_iterations", "3"]
+    args += ["--control", control] if control else []
+    prune.main(args)
+    assert log_line in capsys.readouterr().out
+    saved = json.loads((out / "pruner_config.json").read_text())
+    assert saved["method"] == method and saved["control"] == control
+    report = json.loads((out / "pruning_results.json").read_text())
+    assert report["mask_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert ("sanity-check control" in (out / "README.md").read_text()) == (control is not None)
+
+
 # ---------------------------------------------------------------------------------------
 # Bad inputs: a clear error before any work, and no output folder.
 

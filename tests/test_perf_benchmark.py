@@ -138,6 +138,24 @@ def test_scaling_section(toy):
     assert markdown.count("Least-squares line fits: snip: t = ") == 3
 
 
+def test_criteria_section(toy):
+    markdown, result = toy("criteria")
+    names = ["snip", "refer", "afr", "grasp", "fisher", "synflow (5 rounds)", "synflow (2 rounds)"]
+    assert list(result["times"]) == names
+    assert all(
+        len(t) == result["rounds"] and all(map(positive, t)) for t in result["times"].values()
+    )
+    snip = result["ratios"]["snip"]
+    assert snip["median"] == snip["low"] == snip["high"] == 1.0
+    for name in names:
+        r = result["ratios"][name]
+        assert positive(r["median"]) and r["low"] <= r["median"] <= r["high"], name
+        assert len(table_rows(markdown, f"{name} |")) == 1, name
+    assert result["peak_memory"] == dict.fromkeys(names)  # CPU: not measured, said so
+    assert markdown.count("n/a (CPU)") == len(names)
+    assert "toy (hidden 32, 2 layers" in markdown and "2 x 4 images" in markdown
+
+
 @pytest.mark.slow
 def test_checkpoints_section(toy):
     markdown, result = toy("checkpoints")
@@ -232,6 +250,7 @@ def test_registry_sections_load_with_the_presets_of_their_suites():
         "scaling",
         "checkpoints",
         "families",
+        "criteria",
     )
     assert registry.suite_sections("gpu") == ("gpu_scoring", "profile", "upkeep")
     for section in registry.SECTIONS:

@@ -15,7 +15,8 @@ Layout:
   and peak memory per dtype), `profile.py` (2. where the time goes), `memory.py` (3. peak
   memory, each row in a fresh process), `upkeep.py` (4. mask upkeep while fine-tuning),
   `scaling.py` (5. scaling with samples and parameters), `checkpoints.py` (6. dense vs
-  compact checkpoints, from `benchmarks/checkpoint_size.py`).
+  compact checkpoints, from `benchmarks/checkpoint_size.py`), `criteria.py` (7. every
+  criterion's cost against SNIP).
 
 The sections reach hf_afr through its public API (`get_criterion(...).score`, `PrunerConfig`,
 `find_prunable_parameters`, `apply_masks`, `MaskEnforcer`, `PruningMaskCallback`), the

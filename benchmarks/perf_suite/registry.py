@@ -73,6 +73,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("scaling", "5. Scaling of the scoring time", "perf_suite.scaling"),
     Section("checkpoints", "6. Checkpoints: dense vs compact", "perf_suite.checkpoints"),
     Section("families", "7. Scoring time across model families", "perf_suite.families"),
+    Section("criteria", "8. Cost of every criterion against SNIP", "perf_suite.criteria"),
 )
 
 

@@ -78,7 +78,8 @@ class DataTrainingArguments:
         metadata={
             "help": "A dataset on the Hub, a local folder `datasets` can load (including one "
             "written by `save_to_disk`), or an embedded offline dataset: 'hf_afr:digits' "
-            "(real handwritten digits) or 'hf_afr:cyrillic' (glyphs)."
+            "(real handwritten digits), 'hf_afr:cyrillic' (glyphs) or 'hf_afr:typefaces' "
+            "(which of 20 typefaces drew a letter)."
         },
     )
     dataset_config_name: str | None = field(

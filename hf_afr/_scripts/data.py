@@ -2,7 +2,8 @@
 
 Sources: a Hub dataset, a local folder that `datasets` can load (`save_to_disk` output
 included), local `imagefolder`s (`--train_dir` / `--validation_dir`), or an embedded offline
-dataset (`hf_afr:digits`, ...). Every check here runs before any work: a missing column, a label
+dataset (`hf_afr:digits`, `hf_afr:cyrillic`, `hf_afr:typefaces`; see `hf_afr.data.embedded`).
+Every check here runs before any work: a missing column, a label
 column that is not a `ClassLabel`, an empty split or folder, and, in a local image folder, a file
 that is not a readable image (every image is decoded once and a bad one stops the run, named in
 the error: a run never trains on a silently smaller dataset). Images of other sources are
@@ -24,6 +25,7 @@ from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image, UnidentifiedImageError
 from transformers.utils import logging
 
+from ..data.embedded import EMBEDDED_DATASETS, EMBEDDED_PREFIX  # noqa: F401 (re-exported)
 from .arguments import DataTrainingArguments
 
 logger = logging.get_logger("hf_afr.scripts")
@@ -87,29 +89,11 @@ def _go_offline() -> None:
         evaluate_config.HF_EVALUATE_OFFLINE = True
 
 
-EMBEDDED_PREFIX = "hf_afr:"
-EMBEDDED_DATASETS = ("digits", "cyrillic")
-
-
 def load_embedded_dataset(name: str) -> DatasetDict:
-    """The offline datasets that ship with hf_afr: `hf_afr:digits` and `hf_afr:cyrillic`.
+    """An offline dataset shipped with hf_afr (`hf_afr:digits`, ...; see `hf_afr.data.embedded`)."""
+    from ..data.embedded import load_embedded_dataset as load
 
-    `digits`: scikit-learn's real handwritten digits (upsampled to 32 px), stratified 80/20
-    train/validation split. `cyrillic`: Cyrillic glyphs (absent from the default model's
-    pretraining), training fonts for train, held-out fonts for validation.
-    """
-    from ..data import digits_dataset, glyph_dataset
-
-    key = name[len(EMBEDDED_PREFIX) :]
-    if key == "digits":
-        return DatasetDict(train=digits_dataset("train"), validation=digits_dataset("test"))
-    if key == "cyrillic":
-        return DatasetDict(
-            train=glyph_dataset("cyrillic", "train", samples_per_class=40, seed=1),
-            validation=glyph_dataset("cyrillic", "test", samples_per_class=20, seed=2),
-        )
-    choices = ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_DATASETS)
-    raise ValueError(f"Unknown embedded dataset {name!r}; choose one of: {choices}.")
+    return load(name)
 
 
 def _load(path: str, *args: Any, **kwargs: Any) -> DatasetDict:

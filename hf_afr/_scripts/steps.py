@@ -15,6 +15,7 @@ from ..checkpoint.formats import MASKS_NAME
 from ..checkpoint.load import quiet_transformers
 from ..checkpoint.masks_file import load_masks
 from ..config import PrunerConfig
+from ..criteria import get_criterion
 from ..distributed import broadcast_masks
 from ..pruner import AFRPruner
 from ..report import SparsityReport
@@ -182,13 +183,14 @@ def score_and_prune(
         loader = scoring_dataloader(
             train_dataset, transform, batch_size, config.num_batches, config.seed
         )
-        features = (
-            f", {config.feature_token!r} features" if config.method in ("refer", "afr") else ""
-        )
+        reads_features = get_criterion(config.method).reads_features
+        features = f", {config.feature_token!r} features" if reads_features else ""
         logger.info(
             f"Scoring with {config.method!r}{features} on {config.num_batches} batches of "
             f"{batch_size} training images."
         )
+    elif config.method == "synflow":
+        logger.info(f"Scoring with 'synflow' (no data, {config.synflow_iterations} rounds).")
     pruner.prune(loader, show_progress=show_progress)
     pruner.set_masks(broadcast_masks(pruner.masks))
     return pruner.masks

@@ -47,8 +47,37 @@ METHODS = {
         "SNIP",
         "Each weight is scored by |dL/dw * w| on the downstream loss; the lowest scores are pruned.",
     ),
+    "grasp": (
+        "GraSP (Gradient Signal Preservation)",
+        "Each weight is scored by -w * (Hg), with g the downstream loss gradient and H the "
+        "loss Hessian, so that pruning preserves the gradient flow; the lowest scores are pruned.",
+    ),
+    "fisher": (
+        "Fisher (OBD saliency)",
+        "Each weight is scored by 0.5 * sum_n (dL_n/dw)^2 * w^2 with per-sample downstream "
+        "losses L_n (empirical Fisher); the lowest scores are pruned.",
+    ),
+    "synflow": (
+        "SynFlow (iterative synaptic flow)",
+        "Data-free: each weight is scored by its share of the synaptic flow through the network "
+        "with all parameters made positive, over iterative rounds of scoring and pruning.",
+    ),
+    "refer_snip_log_z": (
+        "ReFer + SNIP on log-scores",
+        "Each weight is scored by z(log ReFer score) + 0.5 * z(log SNIP score), z-scores over "
+        "all prunable weights; the lowest scores are pruned.",
+    ),
     "magnitude": ("magnitude pruning", "The weights of smallest absolute value are pruned."),
     "random": ("random pruning", "Weights are pruned uniformly at random (a baseline)."),
+}
+
+# Sanity-check controls (Frankle et al., 2021): what each does to the criterion's masks.
+CONTROLS = {
+    "shuffle": "every tensor keeps as many weights as the criterion kept in it, at random "
+    "positions",
+    "invert": "the lowest-scored weights are kept instead of the highest",
+    "magnitude_inside": "every tensor keeps as many weights as the criterion kept in it, those "
+    "of largest magnitude",
 }
 
 _SCRIPT_HINT = (
@@ -121,7 +150,10 @@ def create_model_card(
         datasets=datasets,
         license=license,
         language=language,
-        tags=_unique(["hf_afr", "pruning", "sparse", "afr", method, "vision", *(tags or [])]),
+        tags=_unique(
+            ["hf_afr", "pruning", "sparse", "afr", method, "vision", *(tags or [])]
+            + ([f"control-{pruner_config.control}"] if pruner_config.control else [])
+        ),
         eval_results=eval_results,
         # `model-index` needs a name; without evaluation results it is not metadata.
         model_name=model_name if eval_results else None,
@@ -142,6 +174,8 @@ def create_model_card(
         sparsity=report.sparsity,
         method_title=title,
         method_description=description,
+        control=pruner_config.control,
+        control_description=CONTROLS.get(pruner_config.control or "", ""),
         hf_afr_version=__version__,
         checkpoint_format=checkpoint_format,
         weights_file=weights_file(checkpoint_format),

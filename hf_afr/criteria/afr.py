@@ -60,7 +60,7 @@ def sum_of_z_scores(
     return {name: s.div_(std_a).add_(b[name], alpha=1 / std_b).sub_(shift) for name, s in a.items()}
 
 
-@register_criterion("afr", needs_labels=True)
+@register_criterion("afr", needs_labels=True, reads_features=True)
 def afr_scores(model, batches, params, config) -> dict[str, torch.Tensor]:
     """z(|dL/dw * w|) + z(|dR/dw * w|), both gradients from one shared forward pass per batch."""
     loss_grads, refer_grads = accumulate_gradients(

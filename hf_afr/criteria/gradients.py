@@ -131,8 +131,8 @@ def prepare_batch(batch: Any, model: nn.Module, needs_labels: bool) -> dict[str,
     if not isinstance(batch, Mapping) or "pixel_values" not in batch:
         keys = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
         raise ValueError(
-            "Each scoring batch must be a dict with 'pixel_values' (and 'labels' for SNIP/AFR), "
-            f"as produced by an image-classification collator; got {keys}."
+            "Each scoring batch must be a dict with 'pixel_values' (and 'labels' for SNIP, AFR, "
+            f"GraSP and Fisher), as produced by an image-classification collator; got {keys}."
         )
     pixel_values = torch.as_tensor(batch["pixel_values"])
     if pixel_values.ndim != 4:
@@ -145,7 +145,8 @@ def prepare_batch(batch: Any, model: nn.Module, needs_labels: bool) -> dict[str,
         if batch.get("labels") is None:
             raise ValueError(
                 "This criterion needs the downstream labels: each scoring batch must have a "
-                "'labels' entry (use method='refer', 'magnitude' or 'random' for unlabeled data)."
+                "'labels' entry (for unlabeled data use method='refer', or a data-free method: "
+                "'synflow', 'magnitude' or 'random')."
             )
         labels = torch.as_tensor(batch["labels"]).to(device=model.device, dtype=torch.long)
         num_labels = model.config.num_labels

@@ -26,20 +26,29 @@ class Criterion:
     score: ScoreFn
     needs_data: bool
     needs_labels: bool
+    reads_features: bool = False
 
 
 _CRITERIA: dict[str, Criterion] = {}
 
 
 def register_criterion(
-    name: str, *, needs_data: bool = True, needs_labels: bool = False
+    name: str, *, needs_data: bool = True, needs_labels: bool = False, reads_features: bool = False
 ) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator registering a score function under `name`."""
+    """Decorator registering a score function under `name`.
+
+    Args:
+        name (`str`): the `PrunerConfig.method` that selects it.
+        needs_data (`bool`, defaults to `True`): it reads scoring batches.
+        needs_labels (`bool`, defaults to `False`): the batches must have `labels`.
+        reads_features (`bool`, defaults to `False`): it reads per-sample features, so
+            `feature_token` and `feature_layers` matter.
+    """
 
     def decorator(fn: ScoreFn) -> ScoreFn:
         if name in _CRITERIA:
             raise ValueError(f"A pruning criterion named {name!r} is already registered.")
-        _CRITERIA[name] = Criterion(name, fn, needs_data, needs_labels)
+        _CRITERIA[name] = Criterion(name, fn, needs_data, needs_labels, reads_features)
         return fn
 
     return decorator

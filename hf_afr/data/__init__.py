@@ -11,12 +11,14 @@ from .glyph_sets import (
     glyph_class_names,
 )
 from .glyphs import GlyphBank, glyph_arrays, glyph_dataset
+from .typefaces import TYPEFACES, typeface_arrays, typeface_class_names, typeface_dataset
 
 __all__ = [
     "DOWNSTREAM_GLYPH_SET",
     "GLYPH_SETS",
     "GLYPH_SPLITS",
     "PRETRAIN_GLYPH_SET",
+    "TYPEFACES",
     "FontInfo",
     "GlyphBank",
     "augment_glyphs",
@@ -26,4 +28,7 @@ __all__ = [
     "glyph_class_names",
     "glyph_dataset",
     "list_fonts",
+    "typeface_arrays",
+    "typeface_class_names",
+    "typeface_dataset",
 ]

@@ -38,7 +38,7 @@ class CriteriaSettings:
 PRESETS = {
     # SynFlow's 100 rounds dominate: ~4 min per call on ViT-B/16 with 2 CPU cores.
     "full": CriteriaSettings("ViT-B/16", 4, 1, 2, (100, 10)),
-    "quick": CriteriaSettings("ViT-S/16-6L", 2, 1, 1, (20, 5)),
+    "quick": CriteriaSettings("ViT-S/16-6L", 2, 1, 2, (20, 5)),
     "toy": CriteriaSettings("toy", 4, 2, 2, (5, 2)),
     "gpu": CriteriaSettings("ViT-B/16", 32, 2, 3, (100, 10)),
 }

@@ -16,11 +16,13 @@ Choices for a vision transformer (see docs/criteria.md):
   linearised ViT, and dropping the norms would change the network being pruned. The
   conservation law behind SynFlow holds for positively homogeneous networks only, which a
   ViT is not; the rounds still re-measure the flow after every pruning step;
-- float64 throughout (the flow through deep stacks of positive weights can leave the float32
-  range), with every round's scores divided by their maximum before they are ranked in
-  float32.
+- float32 (bf16/fp16 models are upcast), switching to float64 for the round and all later
+  ones as soon as a score is not finite (deep stacks of positive weights without norms can
+  leave the float32 range; a LayerNorm keeps a ViT's activations bounded, and float64 costs
+  2-4x on CPUs and far more on most GPUs). Every round's scores are divided by their maximum
+  before they are ranked in float32.
 
-The model's own tensors are never written: the absolute values are new float64 tensors that
+The model's own tensors are never written: the absolute values are new tensors that
 `torch.func.functional_call` puts in place of the parameters for the forward pass only.
 """
 
@@ -66,14 +68,14 @@ def synflow_round(
     masks: Mapping[str, torch.Tensor] | None,
     ones: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """`|dR/dw * w|` in float64 for the weights `params`, pruned weights (mask False) at zero.
+    """`|dR/dw * w|` for the weights `params`, pruned weights (mask False) at zero.
 
     Args:
         model: the model, in evaluation mode.
-        abs_tensors: absolute values (float64) of every parameter, and the floating buffers.
+        abs_tensors: |p| of every parameter and the floating buffers, all in one dtype.
         params: names of the weights to score.
         masks: the current masks (True = kept) of `params`, or None (all kept).
-        ones: the all-ones input, batch 1.
+        ones: the all-ones input, batch 1, in that dtype.
     """
     weights = {}
     for name in params:
@@ -89,6 +91,15 @@ def synflow_round(
         name: torch.zeros_like(w) if g is None else (g * w.detach()).abs_()
         for (name, w), g in zip(weights.items(), grads)
     }
+
+
+def positive_tensors(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """|p| in `dtype` for every parameter, and the floating buffers as they are, in `dtype`."""
+    tensors = {name: p.detach().to(dtype).abs() for name, p in model.named_parameters()}
+    tensors.update(
+        {name: b.detach().to(dtype) for name, b in model.named_buffers() if b.is_floating_point()}
+    )
+    return tensors
 
 
 def _rankable(scores: dict[str, torch.Tensor], masks) -> dict[str, torch.Tensor]:
@@ -121,22 +132,22 @@ def synflow_scores(
             "`synflow_iterations=1` to score once and select the N:M masks from those scores."
         )
     device = next(iter(params.values())).device
-    abs_tensors = {name: p.detach().to(torch.float64).abs() for name, p in model.named_parameters()}
-    abs_tensors.update(
-        {
-            name: b.detach().to(torch.float64)
-            for name, b in model.named_buffers()
-            if b.is_floating_point()
-        }
-    )
-    ones = torch.ones(1, *input_shape(model), dtype=torch.float64, device=device)
+    shape = input_shape(model)
     names = list(params)
     was_training = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        masks, scores = None, {}
+        masks, scores, dtype = None, {}, torch.float32
+        tensors = positive_tensors(model, dtype)
         for k, sparsity in enumerate(synflow_sparsities(config.sparsity, iterations), start=1):
-            scores = _rankable(synflow_round(model, abs_tensors, names, masks, ones), masks)
+            ones = torch.ones(1, *shape, dtype=dtype, device=device)
+            raw = synflow_round(model, tensors, names, masks, ones)
+            if dtype != torch.float64 and not all(torch.isfinite(r).all() for r in raw.values()):
+                dtype = torch.float64  # overflow: this round and the later ones in float64
+                tensors = positive_tensors(model, dtype)
+                ones = ones.to(dtype)
+                raw = synflow_round(model, tensors, names, masks, ones)
+            scores = _rankable(raw, masks)
             if k < iterations:
                 masks = select_masks(scores, sparsity, config.scope, config.min_density)
     finally:

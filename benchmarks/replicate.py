@@ -295,6 +295,11 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     p.add_argument(
+        "--resume", action="store_true",
+        help="keep the finished runs of an interrupted grid (results.partial.jsonl in "
+        "--output_dir) and run only the rest",
+    )  # fmt: skip
+    p.add_argument(
         "--tabulate_only",
         action="store_true",
         help="rewrite results.md and results.png from --output_dir/results.json (no runs)",
@@ -322,6 +327,31 @@ def _sort_key(r: dict) -> tuple:
     )  # fmt: skip
 
 
+# What identifies a run (a result holds these fields and its measurements).
+JOB_FIELDS = (
+    "epochs", "batch_size", "lr", "num_batches", "scoring_batch_size", "task", "seed", "method",
+    "sparsity", "control", "feature_token",
+)  # fmt: skip
+
+
+def _job_key(run: dict) -> str:
+    return json.dumps([run[k] for k in JOB_FIELDS])
+
+
+def _load_partial(path: Path) -> list[dict]:
+    """Finished runs of an interrupted grid (one JSON object per line; a torn last line is
+    dropped, as the run it belonged to did not finish)."""
+    if not path.exists():
+        return []
+    runs = []
+    for line in path.read_text().splitlines():
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return runs
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.tabulate_only:
@@ -330,25 +360,39 @@ def main(argv=None) -> list[dict]:
         saved["meta"].setdefault("runs", len(saved["runs"]))
         print(write_outputs(saved["runs"], saved["meta"], out))
         return saved["runs"]
-    jobs = plan(args)
-    print(f"{len(jobs)} runs on {args.workers} worker(s)", flush=True)
-    start = time.perf_counter()
-    results = []
-    if args.workers > 1:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            for r in pool.imap_unordered(run_job, jobs):
-                results.append(r)
-                print(
-                    f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} "
-                    f"{replicate_report.label(r)} {r['sparsity']:.0%}: "
-                    f"{100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
-                    flush=True,
-                )
-    else:
-        results = [run_job(job) for job in jobs]
-    results.sort(key=_sort_key)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    jobs = plan(args)
+    partial = out / "results.partial.jsonl"
+    results = _load_partial(partial) if args.resume else []
+    if not args.resume:
+        partial.unlink(missing_ok=True)
+    done = {_job_key(r) for r in results}
+    todo = [job for job in jobs if _job_key(job) not in done]
+    print(
+        f"{len(jobs)} runs on {args.workers} worker(s)"
+        + (f", {len(jobs) - len(todo)} already in {partial}" if args.resume else ""),
+        flush=True,
+    )
+    start = time.perf_counter()
+    pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
+    try:
+        for r in pool.imap_unordered(run_job, todo) if pool else map(run_job, todo):
+            results.append(r)
+            with partial.open("a") as f:  # one line per finished run: --resume picks up here
+                f.write(json.dumps(r, default=float) + "\n")
+            print(
+                f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} "
+                f"{replicate_report.label(r)} {r['sparsity']:.0%}: "
+                f"{100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
+                flush=True,
+            )
+    finally:
+        if pool:
+            pool.terminate()
+    planned = {_job_key(job) for job in jobs}
+    results = [r for r in results if _job_key(r) in planned]
+    results.sort(key=_sort_key)
     meta = {
         "args": dict(vars(args)),
         "wall_seconds": time.perf_counter() - start,
@@ -360,6 +404,7 @@ def main(argv=None) -> list[dict]:
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "runs": results}, indent=1, default=float)
     )
+    partial.unlink(missing_ok=True)
     print(write_outputs(results, meta, out))
     print(
         f"wall time {meta['wall_seconds']:.0f}s, {meta['run_seconds_mean']:.0f}s per run; "

@@ -161,6 +161,32 @@ def test_replication_benchmark_runs_on_a_toy_size(tmp_path):
         assert row in md, row
 
 
+def test_replication_benchmark_resumes_an_interrupted_grid(tmp_path):
+    replicate = load("replicate")
+    model_dir = tmp_path / "model"
+    tiny_vit(num_labels=3).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    out = tmp_path / "results"
+    argv = [
+        "--parts", "main", "--tasks", "digits", "--seeds", "0", "--sparsities", "0.9",
+        "--methods", "dense", "snip", "--epochs", "1", "--workers", "1",
+        "--model", str(model_dir), "--output_dir", str(out),
+    ]  # fmt: skip
+    first = replicate.main(argv)
+    assert not (out / "results.partial.jsonl").exists()  # removed once results.json is written
+    # An interrupted grid: the dense run finished (marked, to see that it is not rerun), the
+    # snip run was being written when the process died.
+    dense = next(r for r in first if r["method"] == "dense")
+    (out / "results.partial.jsonl").write_text(
+        json.dumps({**dense, "accuracy": 0.125}) + "\n" + '{"task": "dig'
+    )
+    resumed = {r["method"]: r for r in replicate.main([*argv, "--resume"])}
+    assert resumed["dense"]["accuracy"] == 0.125  # kept, not rerun
+    assert resumed["snip"]["sparsity_measured"] == pytest.approx(0.9, abs=1e-4)  # run again
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
+    assert not (out / "results.partial.jsonl").exists()
+
+
 def test_combination_study_runs_on_a_toy_size_and_never_reads_the_test_split(tmp_path):
     study = load("combination_study")
     data = study.validation_task("digits", seed=0)

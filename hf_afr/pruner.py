@@ -167,8 +167,11 @@ class AFRPruner:
         if report.fully_pruned:
             logger.warning(
                 f"{len(report.fully_pruned)} prunable tensors are 100% pruned: "
-                f"{', '.join(report.fully_pruned)}. Their layers then pass only the residual path; "
-                "set `min_density` in PrunerConfig to keep a floor of weights in every tensor."
+                f"{', '.join(report.fully_pruned)}. Each outputs only its bias: an empty key "
+                "projection makes attention uniform, an empty query projection makes every token "
+                "attend alike (uniformly if its bias is zero), an empty value, output or MLP "
+                "projection adds a constant. Set "
+                "`min_density` in PrunerConfig to keep a floor of weights in every tensor."
             )
         return self.masks
 

@@ -85,6 +85,25 @@ def test_fully_pruned_tensors_are_reported(caplog):
     assert report.to_dict()["fully_pruned"] == report.fully_pruned
 
 
+@pytest.mark.parametrize("projection", ["q_proj", "k_proj"])
+def test_what_the_fully_pruned_warning_says_of_queries_and_keys(projection):
+    """An empty key projection makes attention uniform; an empty query projection makes every
+    token attend alike, uniformly when its bias is zero (the warning and the model card say so)."""
+    model = tiny_vit(attn_implementation="eager")
+    with torch.no_grad():
+        layer = getattr(model.vit.layers[0].attention, projection)
+        layer.weight.zero_()
+        layer.bias.normal_(generator=torch.Generator().manual_seed(1))  # ViT's init zeroes it
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        probs = model(pixel_values=x, output_attentions=True).attentions[0]  # [b, h, q, k]
+    if projection == "k_proj":
+        assert torch.allclose(probs, torch.full_like(probs, 1 / probs.shape[-1]), atol=1e-6)
+    else:
+        assert torch.allclose(probs, probs[:, :, :1].expand_as(probs), atol=1e-6)
+        assert not torch.allclose(probs, torch.full_like(probs, 1 / probs.shape[-1]), atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "method, batches, message",
     [

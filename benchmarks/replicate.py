@@ -240,16 +240,24 @@ def plan(args) -> list[dict]:
                     cells.append((task, s, m, None, "cls"))
                     if args.ablation and m in ABLATION:
                         cells.append((task, s, m, None, "mean"))
+
+    def controlled(task: str, sparsity: float) -> list[tuple]:
+        return [
+            (task, sparsity, m, control, "cls")
+            for control in args.controls
+            for m in CONTROLLED[control]
+            if m in methods
+        ]
+
     if "controls" in args.parts:
         for task in args.tasks:
             for s in args.control_sparsities:
-                for control in args.controls:
-                    cells += [
-                        (task, s, m, control, "cls") for m in CONTROLLED[control] if m in methods
-                    ]
-    if "typefaces" in args.parts:
+                cells += controlled(task, s)
+    if "typefaces" in args.parts:  # every criterion and its controls, at the task's sparsity
         for s in args.typefaces_sparsities:
-            cells += [("typefaces", s, m, None, "cls") for m in methods]
+            cells += [("typefaces", s, m, None, "cls") for m in methods] + controlled(
+                "typefaces", s
+            )
     jobs, seen = [], set()
     for seed in args.seeds:
         for task in dict.fromkeys(c[0] for c in cells):
@@ -296,8 +304,8 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     p.add_argument(
         "--resume", action="store_true",
-        help="keep the finished runs of an interrupted grid (results.partial.jsonl in "
-        "--output_dir) and run only the rest",
+        help="keep the runs already done in --output_dir (results.json, and "
+        "results.partial.jsonl of an interrupted grid) and run only the rest of the grid",
     )  # fmt: skip
     p.add_argument(
         "--tabulate_only",
@@ -338,18 +346,22 @@ def _job_key(run: dict) -> str:
     return json.dumps([run[k] for k in JOB_FIELDS])
 
 
-def _load_partial(path: Path) -> list[dict]:
-    """Finished runs of an interrupted grid (one JSON object per line; a torn last line is
-    dropped, as the run it belonged to did not finish)."""
-    if not path.exists():
-        return []
-    runs = []
-    for line in path.read_text().splitlines():
+def _finished_runs(out: Path) -> list[dict]:
+    """Runs already done in `out`: those of a finished grid (results.json) and those of an
+    interrupted one (results.partial.jsonl, one JSON object per line; a torn last line is
+    dropped, as its run did not finish). A run in both counts once."""
+    runs = {}
+    if (out / "results.json").exists():
+        for r in json.loads((out / "results.json").read_text())["runs"]:
+            runs[_job_key(r)] = r
+    partial = out / "results.partial.jsonl"
+    for line in partial.read_text().splitlines() if partial.exists() else []:
         try:
-            runs.append(json.loads(line))
+            r = json.loads(line)
         except json.JSONDecodeError:
             continue
-    return runs
+        runs[_job_key(r)] = r
+    return list(runs.values())
 
 
 def main(argv=None) -> list[dict]:
@@ -364,14 +376,20 @@ def main(argv=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan(args)
     partial = out / "results.partial.jsonl"
-    results = _load_partial(partial) if args.resume else []
+    results = _finished_runs(out) if args.resume else []
+    earlier = out / "results.json"
+    earlier_wall = (
+        json.loads(earlier.read_text())["meta"].get("wall_seconds")
+        if args.resume and earlier.exists()
+        else None
+    )
     if not args.resume:
         partial.unlink(missing_ok=True)
     done = {_job_key(r) for r in results}
     todo = [job for job in jobs if _job_key(job) not in done]
     print(
         f"{len(jobs)} runs on {args.workers} worker(s)"
-        + (f", {len(jobs) - len(todo)} already in {partial}" if args.resume else ""),
+        + (f", {len(jobs) - len(todo)} already done in {out}" if args.resume else ""),
         flush=True,
     )
     start = time.perf_counter()
@@ -399,6 +417,8 @@ def main(argv=None) -> list[dict]:
         "torch": torch.__version__,
         "threads_per_worker": 1,
         "runs": len(results),
+        "resumed": len(jobs) - len(todo),  # runs kept from an earlier invocation
+        "wall_seconds_earlier": earlier_wall,
         "run_seconds_mean": sum(r["seconds"] for r in results) / max(1, len(results)),
     }
     (out / "results.json").write_text(

@@ -178,8 +178,20 @@ def header(meta: dict) -> str:
         f"kept by `enforce_masks`; global sparsity over the encoder Linear weights, CLS "
         f"features unless noted; [control] = a sanity-check control of the criterion's masks. "
         f"torch {meta['torch']}, {a['workers']} worker process(es), "
-        f"{meta['threads_per_worker']} thread each; {meta['runs']} runs, wall time "
-        f"{meta['wall_seconds'] / 60:.0f} min.\n\n"
+        f"{meta['threads_per_worker']} thread each; {_runs_and_time(meta)}.\n\n"
+    )
+
+
+def _runs_and_time(meta: dict) -> str:
+    minutes = meta["wall_seconds"] / 60
+    resumed = meta.get("resumed") or 0
+    if not resumed:
+        return f"{meta['runs']} runs, wall time {minutes:.0f} min"
+    earlier = meta.get("wall_seconds_earlier")
+    earlier = "" if earlier is None else f" (wall time {earlier / 60:.0f} min)"
+    return (
+        f"{meta['runs']} runs: {resumed} from an earlier invocation{earlier}, "
+        f"{meta['runs'] - resumed} more in {minutes:.0f} min (`--resume`)"
     )
 
 

@@ -131,10 +131,12 @@ def test_replication_benchmark_runs_on_a_toy_size(tmp_path):
         *((m, c, "cls", 0.9) for m in ("snip", "refer") for c in ("shuffle", "invert")),
         (combination, "shuffle", "cls", 0.9),
     }
-    typefaces = {(m, s) for task, m, c, t, s in runs if task == "typefaces"}
-    assert typefaces == {
-        ("dense", 0.0),
-        *((m, 0.8) for m in ("snip", "refer", "synflow", combination)),
+    typefaces = {(m, c, s) for task, m, c, t, s in runs if task == "typefaces"}
+    assert typefaces == {  # every criterion and its controls at the task's sparsity
+        ("dense", None, 0.0),
+        *((m, None, 0.8) for m in ("snip", "refer", "synflow", combination)),
+        *((m, c, 0.8) for m in ("snip", "refer") for c in ("shuffle", "invert")),
+        (combination, "shuffle", 0.8),
     }
     by_key = {(r["task"], r["method"], r["control"], r["feature_token"]): r for r in results}
     for r in results:
@@ -161,7 +163,7 @@ def test_replication_benchmark_runs_on_a_toy_size(tmp_path):
         assert row in md, row
 
 
-def test_replication_benchmark_resumes_an_interrupted_grid(tmp_path):
+def test_replication_benchmark_resumes_an_interrupted_grid(tmp_path, capsys):
     replicate = load("replicate")
     model_dir = tmp_path / "model"
     tiny_vit(num_labels=3).save_pretrained(model_dir)
@@ -175,16 +177,26 @@ def test_replication_benchmark_resumes_an_interrupted_grid(tmp_path):
     first = replicate.main(argv)
     assert not (out / "results.partial.jsonl").exists()  # removed once results.json is written
     # An interrupted grid: the dense run finished (marked, to see that it is not rerun), the
-    # snip run was being written when the process died.
+    # snip run was being written when the process died, results.json was never written.
+    (out / "results.json").unlink()
     dense = next(r for r in first if r["method"] == "dense")
     (out / "results.partial.jsonl").write_text(
         json.dumps({**dense, "accuracy": 0.125}) + "\n" + '{"task": "dig'
     )
+    capsys.readouterr()
     resumed = {r["method"]: r for r in replicate.main([*argv, "--resume"])}
+    assert "2 runs on 1 worker(s), 1 already done" in capsys.readouterr().out
     assert resumed["dense"]["accuracy"] == 0.125  # kept, not rerun
-    assert resumed["snip"]["sparsity_measured"] == pytest.approx(0.9, abs=1e-4)  # run again
-    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
+    assert resumed["snip"]["sparsity_measured"] == pytest.approx(0.9, abs=1e-4)
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["runs"]) == 2 and saved["meta"]["resumed"] == 1
+    assert "1 from an earlier invocation, 1 more in" in (out / "results.md").read_text()
     assert not (out / "results.partial.jsonl").exists()
+    # A finished grid grown by one method: only the new runs are run.
+    grown = replicate.main([*argv, "--methods", "dense", "snip", "refer", "--resume"])
+    assert "3 runs on 1 worker(s), 2 already done" in capsys.readouterr().out
+    assert {r["method"]: r["accuracy"] for r in grown}["dense"] == 0.125
+    assert "wall time" in (out / "results.md").read_text()
 
 
 def test_combination_study_runs_on_a_toy_size_and_never_reads_the_test_split(tmp_path):

@@ -238,7 +238,10 @@ def criteria_section(args) -> list[dict]:
         for i in range(nb)
     ]  # fmt: skip
     methods = (
-        ["magnitude", "afr"] if args.quick else ["random", "magnitude", "snip", "refer", "afr"]
+        ["magnitude", "afr"]
+        if args.quick
+        else ["random", "magnitude", "snip", "refer", "afr", "synflow", "grasp", "fisher"]
+        + ["refer_snip_log_z"]
     )
     rows = []
     for method in methods:

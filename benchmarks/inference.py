@@ -49,6 +49,9 @@ SHAPES = {
 }  # fmt: skip
 
 
+SECTIONS = ("vit", "main", "criteria")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small shapes, few rounds (for tests)")
@@ -59,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="end-to-end rounds (5; quick 3)")
     p.add_argument("--layer_rounds", type=int, default=3, help="per-layer rounds (3)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--sections", nargs="+", default=["vit", "main", "criteria"])
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     p.add_argument(
         "--structures", nargs="+", default=["random", "2:4", "afr-like"], help="ViT-B/16 masks"
     )
@@ -266,7 +269,8 @@ def criteria_section(args) -> list[dict]:
 def to_markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [
-        f"# hf_afr inference ({'quick' if meta['quick'] else 'full'} run)",
+        f"# hf_afr inference ({'quick' if meta['quick'] else 'full-size'} run"
+        f"{'' if all(results.get(k) for k in SECTIONS) else ', some sections'})",
         "",
         f"`{meta['command']}`; {meta['date']}; torch {meta['torch']}, {meta['cpus']} CPUs, "
         f"{meta['threads']} torch threads, device {meta['device']}, {meta['dtype']}. Load average at start {meta['load_start']}, "

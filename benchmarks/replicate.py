@@ -14,9 +14,10 @@ and the same fine-tuning recipe (AdamW, cosine schedule, masks kept by `enforce_
 methods are compared pairwise per seed. Masks come from the code path of `AFRPruner.prune`
 (`compute_scores`, then `hf_afr.controls.controlled_masks`), so controls apply as in `prune`.
 
-The grid has three parts (`--parts`), sized to stay under about an hour on 2 cores: a run
-costs about 35 s on one core (the earlier 132-run grid took 38 min with 2 workers), and the
-default grid has 216 runs.
+The grid has three parts (`--parts`), 252 runs in all; a run costs about 44 s on one core when
+two workers share 2 cores (fine-tuning dominates), so the whole grid takes about 90 min. Each
+finished run is appended to `results.partial.jsonl`; `--resume` keeps the runs already done
+(there or in `results.json`) and runs only the rest.
 
 - `main`: digits and cyrillic at 95% and 98%, 3 seeds: dense, random, magnitude, snip, refer,
   afr, synflow, grasp, fisher and `refer_snip_log_z` (z(log ReFer) + 0.5 z(log SNIP), the
@@ -26,10 +27,10 @@ default grid has 216 runs.
 - `controls`: the sanity checks of Frankle et al. (2021) at 95% only, digits and cyrillic,
   3 seeds: `shuffle` for every data-driven criterion, `invert` and `magnitude_inside` for snip,
   refer and afr.
-- `typefaces`: the fine-grained task at 80% (the paper's Table 1 sparsity), every criterion
-  and dense, 3 seeds.
+- `typefaces`: the fine-grained task at 80% (the paper's Table 1 sparsity), dense, every
+  criterion and the controls of the `controls` part, 3 seeds.
 
-    python benchmarks/replicate.py              # full grid (216 runs, about an hour on 2 cores)
+    python benchmarks/replicate.py              # full grid (252 runs, about 90 min on 2 cores)
     python benchmarks/replicate.py --quick      # digits, seed 0, 98%, 8 runs (a few minutes)
 
 Writes `results.json` (raw runs), `results.md` (mean +- std tables, paired comparisons) and

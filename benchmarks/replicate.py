@@ -347,13 +347,16 @@ def _job_key(run: dict) -> str:
     return json.dumps([run[k] for k in JOB_FIELDS])
 
 
-def _finished_runs(out: Path) -> list[dict]:
+def _finished_runs(out: Path) -> tuple[list[dict], float | None]:
     """Runs already done in `out`: those of a finished grid (results.json) and those of an
     interrupted one (results.partial.jsonl, one JSON object per line; a torn last line is
-    dropped, as its run did not finish). A run in both counts once."""
-    runs = {}
+    dropped, as its run did not finish). A run in both counts once. Also returns the finished
+    grid's wall time (None without results.json)."""
+    runs, wall = {}, None
     if (out / "results.json").exists():
-        for r in json.loads((out / "results.json").read_text())["runs"]:
+        saved = json.loads((out / "results.json").read_text())
+        wall = saved["meta"].get("wall_seconds")
+        for r in saved["runs"]:
             runs[_job_key(r)] = r
     partial = out / "results.partial.jsonl"
     for line in partial.read_text().splitlines() if partial.exists() else []:
@@ -362,7 +365,7 @@ def _finished_runs(out: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
         runs[_job_key(r)] = r
-    return list(runs.values())
+    return list(runs.values()), wall
 
 
 def main(argv=None) -> list[dict]:
@@ -377,13 +380,7 @@ def main(argv=None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan(args)
     partial = out / "results.partial.jsonl"
-    results = _finished_runs(out) if args.resume else []
-    earlier = out / "results.json"
-    earlier_wall = (
-        json.loads(earlier.read_text())["meta"].get("wall_seconds")
-        if args.resume and earlier.exists()
-        else None
-    )
+    results, earlier_wall = _finished_runs(out) if args.resume else ([], None)
     if not args.resume:
         partial.unlink(missing_ok=True)
     done = {_job_key(r) for r in results}

@@ -223,3 +223,41 @@ def test_combination_study_runs_on_a_toy_size_and_never_reads_the_test_split(tmp
     md = (out / "combination.md").read_text()
     assert "| refer_budget_snip_rank |" in md and "digits 98%" in md
     assert len(json.loads((out / "combination.json").read_text())["runs"]) == 4
+
+
+def test_dropping_dead_mlp_units_leaves_masked_fine_tuning_unchanged():
+    """The grid fine-tunes without the MLP units whose fc2 column is pruned: same model after."""
+    import copy
+
+    import torch
+
+    replicate = load("replicate")
+    model = tiny_vit(num_labels=3)
+    generator = torch.Generator().manual_seed(0)
+    masks = {}
+    for name, p in model.named_parameters():
+        if ".layers." in name and name.endswith("weight") and p.dim() == 2:
+            masks[name] = torch.rand(p.shape, generator=generator) > 0.5
+    for layer in range(2):  # half the hidden units dead: their fc2 column fully pruned
+        masks[f"vit.layers.{layer}.mlp.fc2.weight"][:, ::2] = False
+    masks["vit.layers.1.mlp.fc1.weight"][5] = False  # an empty fc1 row on a live unit stays
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in masks:
+                p.mul_(masks[name])
+    data = {
+        "xtr": torch.randn(24, 3, 32, 32, generator=generator),
+        "ytr": torch.randint(0, 3, (24,), generator=generator),
+    }
+    full, compact = copy.deepcopy(model), copy.deepcopy(model)
+    compact_masks = replicate.drop_dead_mlp_units(compact, masks)
+    assert compact.vit.layers[0].mlp.fc1.out_features == 32
+    assert compact_masks["vit.layers.0.mlp.fc2.weight"].shape == (32, 32)
+    assert compact_masks["vit.layers.1.mlp.fc1.weight"].shape == (32, 32)
+    for m, mk in ((full, masks), (compact, compact_masks)):
+        replicate.fine_tune(m, data, seed=0, epochs=2, batch_size=8, lr=1e-2, masks=mk)
+    x = torch.randn(5, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        expected, actual = full.eval()(pixel_values=x).logits, compact.eval()(pixel_values=x).logits
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected, model(pixel_values=x).logits, atol=1e-3)  # it trained

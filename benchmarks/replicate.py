@@ -160,12 +160,11 @@ def drop_dead_mlp_units(model, masks: dict[str, torch.Tensor]) -> dict[str, torc
     only saves the compute of units that cannot matter: at 95-98% sparsity most of them.
     """
     masks = dict(masks)
-    for name, module in model.named_modules():
+    for name, module in list(model.named_modules()):  # fc1/fc2 are replaced on the way
         fc1, fc2 = getattr(module, "fc1", None), getattr(module, "fc2", None)
         key1, key2 = f"{name}.fc1.weight", f"{name}.fc2.weight"
-        if not (isinstance(fc1, torch.nn.Linear) and isinstance(fc2, torch.nn.Linear)):
-            continue
-        if key2 not in masks:
+        linear = isinstance(fc1, torch.nn.Linear) and isinstance(fc2, torch.nn.Linear)
+        if not linear or key2 not in masks:
             continue
         keep = masks[key2].any(dim=0)
         if bool(keep.all()):

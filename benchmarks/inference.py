@@ -78,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--tabulate_only", action="store_true", help="rewrite <name>.md from an existing .json"
     )
     args = p.parse_args(argv)
+    for name in ("rounds", "layer_rounds", "main_rounds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be a positive integer (got {value}).")
     args.dtype = getattr(torch, args.dtype)
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.main_rounds = args.main_rounds or (3 if args.quick else 21)

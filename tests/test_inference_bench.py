@@ -104,3 +104,14 @@ def test_inference_benchmark_quick_mode_writes_its_tables(pruned_dir, tmp_path):
     assert "Incomplete run" not in text
     module.main(["--tabulate_only", "--output_dir", str(tmp_path)])
     assert (tmp_path / "inference.md").read_text() == text
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--layer_rounds", "--main_rounds"])
+def test_inference_benchmark_refuses_rounds_below_one(flag, capsys):
+    spec = importlib.util.spec_from_file_location("inference_bench", BENCHMARKS / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args([flag, "0"])
+    assert exit_info.value.code == 2
+    assert f"{flag} must be a positive integer" in capsys.readouterr().err

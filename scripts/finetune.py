@@ -28,22 +28,24 @@ from collections.abc import Sequence
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.utils import logging
 
-from hf_afr._scripts.arguments import (
+from hf_afr.distributed import check_supported_training_args
+from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
+from hf_afr.workflow.arguments import (
     DataTrainingArguments,
     ModelArguments,
     PruningArguments,
     parse_arguments,
     pruner_config,
 )
-from hf_afr._scripts.data import label_maps, load_image_dataset, prepare_splits
-from hf_afr._scripts.results import (
+from hf_afr.workflow.data import label_maps, load_image_dataset, prepare_splits
+from hf_afr.workflow.results import (
     accuracy_metric_fn,
     load_accuracy_metric,
     push_pruned_model,
     training_settings,
 )
-from hf_afr._scripts.runner import run_script
-from hf_afr._scripts.steps import (
+from hf_afr.workflow.runner import run_script
+from hf_afr.workflow.steps import (
     attach_image_processor,
     card_details,
     describe_masks,
@@ -54,9 +56,7 @@ from hf_afr._scripts.steps import (
     setup_logging,
     weight_sparsity_report,
 )
-from hf_afr._scripts.transforms import ImageTransform, collate_fn, undecoded
-from hf_afr.distributed import check_supported_training_args
-from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
+from hf_afr.workflow.transforms import ImageTransform, collate_fn, undecoded
 
 logger = logging.get_logger("hf_afr.scripts")
 

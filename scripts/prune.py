@@ -26,7 +26,8 @@ from accelerate import PartialState
 from transformers import set_seed
 from transformers.utils import logging
 
-from hf_afr._scripts.arguments import (
+from hf_afr.files import atomic_write_text
+from hf_afr.workflow.arguments import (
     DataTrainingArguments,
     ModelArguments,
     PruneArguments,
@@ -34,10 +35,10 @@ from hf_afr._scripts.arguments import (
     parse_arguments,
     pruner_config,
 )
-from hf_afr._scripts.data import label_maps, load_image_dataset, prepare_splits
-from hf_afr._scripts.results import push_pruned_model
-from hf_afr._scripts.runner import run_script
-from hf_afr._scripts.steps import (
+from hf_afr.workflow.data import label_maps, load_image_dataset, prepare_splits
+from hf_afr.workflow.results import push_pruned_model
+from hf_afr.workflow.runner import run_script
+from hf_afr.workflow.steps import (
     attach_image_processor,
     card_details,
     describe_masks,
@@ -45,8 +46,7 @@ from hf_afr._scripts.steps import (
     score_and_prune,
     setup_logging,
 )
-from hf_afr._scripts.transforms import ImageTransform, undecoded
-from hf_afr.files import atomic_write_text
+from hf_afr.workflow.transforms import ImageTransform, undecoded
 
 logger = logging.get_logger("hf_afr.scripts")
 

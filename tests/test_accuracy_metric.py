@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from hf_afr._scripts.results import accuracy_metric_fn, load_accuracy_metric
+from hf_afr.workflow.results import accuracy_metric_fn, load_accuracy_metric
 
 # Hand-worked: argmax rows -> [1, 0, 2, 2], labels [1, 0, 1, 2]: 3 of 4 right.
 LOGITS = np.array([[0.1, 0.9, 0.0], [2.0, 1.0, 0.5], [0.0, 0.2, 0.3], [-1.0, -2.0, 0.0]])
@@ -71,7 +71,7 @@ def test_the_cached_evaluate_metric_is_loaded_and_used(tmp_path):
         import inspect, json
         import numpy as np
         from transformers import EvalPrediction
-        from hf_afr._scripts.results import accuracy_metric_fn, load_accuracy_metric
+        from hf_afr.workflow.results import accuracy_metric_fn, load_accuracy_metric
 
         metric = load_accuracy_metric({str(tmp_path / "cache")!r})
         fn = accuracy_metric_fn(metric)

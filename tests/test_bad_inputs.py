@@ -19,8 +19,8 @@ from helpers import tiny_vit_config
 from transformers import ViTForImageClassification
 
 from hf_afr import AFRPruner, PrunerConfig
-from hf_afr._scripts.runner import run_script
 from hf_afr.cli import main as cli_main
+from hf_afr.workflow.runner import run_script
 
 finetune = load_script("finetune")
 prune = load_script("prune")

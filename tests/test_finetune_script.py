@@ -18,9 +18,9 @@ from PIL import Image
 from transformers import Trainer, ViTForImageClassification
 
 from hf_afr import AFRPruner
-from hf_afr._scripts.data import validate_split
-from hf_afr._scripts.transforms import to_rgb
 from hf_afr.checkpoint.masks_file import MASKS_NAME, load_masks
+from hf_afr.workflow.data import validate_split
+from hf_afr.workflow.transforms import to_rgb
 
 finetune = load_script("finetune")
 prune = load_script("prune")
@@ -367,7 +367,7 @@ def test_push_to_hub_is_one_pruner_push_without_the_token(
 
 
 def test_horizontal_flip_is_the_only_augmentation_and_can_be_turned_off():
-    from hf_afr._scripts.transforms import ImageTransform
+    from hf_afr.workflow.transforms import ImageTransform
 
     class Identity:  # an image processor that returns the pixels as they are
         def __call__(self, images, return_tensors):

@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 from transformers import ViTForImageClassification, ViTImageProcessor
 
 import hf_afr
-from hf_afr._scripts.data import load_embedded_dataset
+from hf_afr.workflow.data import load_embedded_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,7 @@
+"""The prune -> fine-tune -> save workflow of `scripts/prune.py` and `scripts/finetune.py`.
+
+Public building blocks for scripts of your own, in the spirit of transformers' example
+scripts: argument dataclasses (`arguments`), dataset loading and splits (`data`), image
+transforms and the collator (`transforms`), the pruning, training and saving steps (`steps`),
+metrics and results (`results`), and the one-line-error command-line wrapper (`runner`).
+"""

@@ -44,6 +44,7 @@ from .checkpoint.formats import MASKS_NAME
 from .checkpoint.masks_file import save_masks
 from .config import PrunerConfig
 from .distributed import check_supported_model, check_supported_training_args, unwrap_model
+from .masks import nonzero_where_pruned
 
 logger = logging.get_logger(__name__)
 
@@ -136,20 +137,17 @@ class MaskEnforcer:
         for _, p, keep in self._keep:
             p.mul_(keep)
 
-    @torch.no_grad()
     def violations(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
         """Number of nonzero entries at pruned positions, per weight (and optimizer state)."""
         state = unwrap_optimizer(optimizer).state if optimizer is not None else {}
-        counts = {}
+        tensors, keeps = {}, {}
         for name, p, keep in self._keep:
-            pruned = keep == 0
-            counts[name] = torch.count_nonzero(p.detach().ne(0).logical_and_(pruned))
+            tensors[name], keeps[name] = p, keep
             for key, value in state.get(p, {}).items():
                 if torch.is_tensor(value) and value.shape == p.shape:
-                    counts[f"{name} (optimizer {key})"] = torch.count_nonzero(
-                        value.ne(0).logical_and_(pruned)
-                    )
-        return {name: int(count) for name, count in counts.items() if int(count)}
+                    tensors[f"{name} (optimizer {key})"] = value
+                    keeps[f"{name} (optimizer {key})"] = keep
+        return nonzero_where_pruned(tensors, keeps)
 
     def verify(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Raise `SparsityViolationError` if any pruned weight or optimizer state is nonzero."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -152,13 +153,51 @@ def select_masks(
     return masks
 
 
+def check_mask_shapes(
+    tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+) -> None:
+    """Raise a `ValueError` naming the first mask whose tensor is missing or of another shape."""
+    for name, mask in masks.items():
+        t = tensors.get(name)
+        if t is None:
+            raise ValueError(
+                f"The masks name {name!r}, which is not a parameter of this model; masks are "
+                "keyed by the `named_parameters()` names of the unwrapped transformers model."
+            )
+        if tuple(mask.shape) != tuple(t.shape):
+            raise ValueError(
+                f"Mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(t.shape)}."
+            )
+
+
+@torch.no_grad()
+def nonzero_where_pruned(
+    tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+) -> dict[str, int]:
+    """Are the weights zero where the masks prune? Per name, how many entries are not.
+
+    Only names with at least one nonzero entry at a pruned position (mask False or 0) appear,
+    so an empty dict means the tensors follow the masks. Each caller words its own error.
+
+    Args:
+        tensors (`Mapping[str, Tensor]`): weights (or any same-shaped state) by name.
+        masks (`Mapping[str, Tensor]`): masks (True or 1 = kept) by name; every name must be
+            in `tensors` with the same shape (else a `ValueError`, see `check_mask_shapes`).
+    """
+    check_mask_shapes(tensors, masks)
+    counts = {}
+    for name, mask in masks.items():
+        t = tensors[name].detach()
+        count = int(torch.count_nonzero(t[~mask.to(t.device, torch.bool)]))
+        if count:
+            counts[name] = count
+    return counts
+
+
 @torch.no_grad()
 def apply_masks(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
     """Set the pruned entries (mask False) of each parameter to exactly zero, in place."""
+    check_mask_shapes(params, masks)
     for name, mask in masks.items():
         p = params[name]
-        if mask.shape != p.shape:
-            raise ValueError(
-                f"Mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(p.shape)}."
-            )
         p.masked_fill_(~mask.to(p.device), 0)

@@ -20,14 +20,13 @@ from .checkpoint.load import (
     load_classifier,
     load_image_processor,
     load_pruning_state,
-    unmasked_weights,
 )
 from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
 from .controls import controlled_masks
 from .criteria import get_criterion
 from .hub import push_to_hub
-from .masks import apply_masks, check_scores
+from .masks import apply_masks, check_scores, nonzero_where_pruned
 from .report import SparsityReport
 from .targets import find_prunable_parameters
 
@@ -108,7 +107,7 @@ class AFRPruner:
         )
         pruner = cls(model, config if config is not None else saved_config)
         if saved_masks is not None:
-            stray = unmasked_weights(model, saved_masks)
+            stray = nonzero_where_pruned(dict(model.named_parameters()), saved_masks)
             if stray:
                 logger.warning(
                     f"{name_or_path}: {sum(stray.values())} weights are nonzero where the saved "

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_afr import select_masks
-from hf_afr.masks import apply_masks, check_scores
+from hf_afr.masks import apply_masks, check_scores, nonzero_where_pruned
 
 shapes = st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=4)
 sparsities = st.floats(0.0, 0.999, allow_nan=False)
@@ -100,3 +100,16 @@ def test_apply_masks_sets_exact_zeros_even_for_nan_weights():
     apply_masks({"p": p}, {"p": torch.tensor([True, False, False])})
     assert p.tolist() == [1.0, 0.0, 0.0]
     assert not torch.signbit(p[2])
+
+
+def test_nonzero_where_pruned_counts_by_hand():
+    weights = {"a": torch.tensor([[1.0, 0.0], [2.0, 3.0]]), "b": torch.tensor([0.0, 5.0])}
+    masks = {"a": torch.tensor([[False, False], [True, False]]), "b": torch.tensor([False, True])}
+    # "a" prunes 1.0, 0.0 and 3.0: two nonzeros; "b" prunes its 0.0: none.
+    assert nonzero_where_pruned(weights, masks) == {"a": 2}
+    uint8 = {name: m.to(torch.uint8) for name, m in masks.items()}
+    assert nonzero_where_pruned(weights, uint8) == {"a": 2}
+    with pytest.raises(ValueError, match="has shape"):
+        nonzero_where_pruned(weights, {"b": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="not a parameter"):
+        nonzero_where_pruned(weights, {"c": torch.ones(2, dtype=torch.bool)})

@@ -18,6 +18,7 @@ from transformers.utils import logging
 from ..architectures import get_architecture, load_family_classifier
 from ..config import PrunerConfig
 from ..files import resolve_file
+from ..masks import nonzero_where_pruned
 from ..report import SparsityReport
 from .compact import COMPACT_QUANT_METHOD, information_bound, read_compact_weights
 from .formats import (
@@ -168,34 +169,15 @@ def is_compact_config(model_config: Any) -> bool:
     return (quantization or {}).get("quant_method") == COMPACT_QUANT_METHOD
 
 
-def unmasked_weights(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """Per masked weight, how many entries are nonzero where the mask prunes them (if any).
-
-    Raises:
-        ValueError: if a mask names a parameter the model lacks or has another shape.
-    """
-    params = dict(model.named_parameters())
-    counts = {}
-    for name, mask in masks.items():
-        p = params.get(name)
-        if p is None or tuple(p.shape) != tuple(mask.shape):
-            got = None if p is None else tuple(p.shape)
-            raise ValueError(
-                f"The masks do not match the model: {name!r} has mask shape {tuple(mask.shape)}, "
-                f"weight shape {got}."
-            )
-        nonzero = int(torch.count_nonzero(p.detach()[~mask.to(p.device)]))
-        if nonzero:
-            counts[name] = nonzero
-    return counts
-
-
 def check_weights_follow_masks(
     model: nn.Module, masks: Mapping[str, torch.Tensor], source: str | os.PathLike = "the model"
 ) -> None:
     """Raise a `ValueError` if a pruned weight is nonzero (weights and masks do not belong
     together: a corrupted, replaced or retrained weights file)."""
-    stray = unmasked_weights(model, masks)
+    params = dict(model.named_parameters())
+    if any(name not in params or params[name].shape != mask.shape for name, mask in masks.items()):
+        raise ValueError(f"{source}: the masks do not match the model's weights (names or shapes).")
+    stray = nonzero_where_pruned(params, masks)
     if stray:
         name, count = next(iter(stray.items()))
         raise ValueError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..masks import nonzero_where_pruned
 from .kernels import TRAINING_ERROR
 
 SAVING_ERROR = (
@@ -47,19 +48,15 @@ def is_inference_only(model: nn.Module) -> bool:
 def check_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Raise a `ValueError` unless every weight is exactly zero where its mask prunes."""
     params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        if name not in params:
-            raise ValueError(
-                f"The masks name {name!r}, which is not a parameter of this model; pass the "
-                "masks saved with this checkpoint (or none: sparsity is read from the weights)."
-            )
-        weight = params[name].detach()
-        if mask.shape != weight.shape:
-            raise ValueError(
-                f"Mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(weight.shape)}."
-            )
-        if bool(weight[~mask.to(weight.device, torch.bool)].ne(0).any()):
-            raise ValueError(
-                f"{name} has nonzero weights where its mask prunes; apply the masks first "
-                "(hf_afr.apply_masks) or load the checkpoint the masks were saved with."
-            )
+    unknown = [name for name in masks if name not in params]
+    if unknown:
+        raise ValueError(
+            f"The masks name {unknown[0]!r}, which is not a parameter of this model; pass the "
+            "masks saved with this checkpoint (or none: sparsity is read from the weights)."
+        )
+    stray = nonzero_where_pruned(params, masks)
+    if stray:
+        raise ValueError(
+            f"{next(iter(stray))} has nonzero weights where its mask prunes; apply the masks first "
+            "(hf_afr.apply_masks) or load the checkpoint the masks were saved with."
+        )

@@ -22,6 +22,7 @@ _LAZY_ATTRIBUTES = {
     "MaskEnforcer": ".enforcement",
     "PrunerConfig": ".config",
     "PruningMaskCallback": ".enforcement",
+    "PrunedCardData": ".checkpoint.card_data",
     "SparsityReport": ".report",
     "SparsityViolationError": ".enforcement",
     "apply_masks": ".masks",
@@ -43,6 +44,7 @@ __all__ = [
     "MaskEnforcer",
     "PrunerConfig",
     "PruningMaskCallback",
+    "PrunedCardData",
     "SparsityReport",
     "SparseInferenceConfig",
     "SparsityViolationError",
@@ -61,6 +63,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on demand
     from .architectures import supported_model_types
+    from .checkpoint.card_data import PrunedCardData
     from .config import PrunerConfig
     from .criteria import available_criteria, get_criterion, register_criterion
     from .enforcement import (

@@ -18,6 +18,7 @@ from huggingface_hub import CommitInfo, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RevisionNotFoundError
 from torch import nn
 
+from .checkpoint.card_data import PrunedCardData
 from .checkpoint.formats import MODEL_CARD_NAME, check_format, other_format_files
 from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
@@ -37,7 +38,7 @@ def push_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
     image_processor: Any | None = None,
-    **card_kwargs: Any,
+    card_data: PrunedCardData | None = None,
 ) -> CommitInfo:
     """Upload a pruned model (weights, pruning config, masks, model card, plot) in one commit.
 
@@ -57,7 +58,8 @@ def push_to_hub(
         revision (`str`, *optional*): an existing branch to commit to (default `main`).
         create_pr (`bool`, defaults to `False`): open a pull request instead of committing.
         image_processor (*optional*): saved alongside, e.g. a `ViTImageProcessor`.
-        card_kwargs: passed to `create_model_card` (`base_model`, `datasets`, `accuracy`, ...).
+        card_data (`PrunedCardData`, *optional*): what the card reports besides the pruning
+            (`base_model`, `datasets`, `accuracy`, ...); its `repo_id` defaults to `repo_id`.
 
     Returns:
         `huggingface_hub.CommitInfo` of the commit.
@@ -70,8 +72,9 @@ def push_to_hub(
         raise ValueError("Nothing pruned yet: call `pruner.prune(batches)` before pushing.")
     api = HfApi()
     repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-    card_kwargs.setdefault("repo_id", repo_id)
-    card_kwargs.setdefault("model_name", repo_id.split("/")[-1])
+    card_data = card_data or PrunedCardData()
+    if card_data.repo_id is None:
+        card_data = card_data.replace(repo_id=repo_id)
     report = SparsityReport.from_masks(dict(masks))
     commit_message = commit_message or (
         f"Upload {pruner_config.method} {report.sparsity:.1%} sparse {type(model).__name__} "
@@ -90,7 +93,8 @@ def push_to_hub(
             pruner_config,
             checkpoint_format=checkpoint_format,
             image_processor=image_processor,
-            card_kwargs=card_kwargs,
+            card_data=card_data,
+            report=report,
         )
         try:
             return api.upload_folder(

@@ -15,6 +15,7 @@ from transformers.utils import logging
 
 from .architectures import get_architecture, resolve_feature_token
 from .checkpoint.card import create_model_card
+from .checkpoint.card_data import PrunedCardData
 from .checkpoint.load import (
     is_compact_config,
     load_classifier,
@@ -200,6 +201,7 @@ class AFRPruner:
         *,
         image_processor: Any | None = None,
         model_card: bool = True,
+        card_data: PrunedCardData | None = None,
         model_card_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -221,12 +223,11 @@ class AFRPruner:
                 processor `from_pretrained` found with the base checkpoint.
             model_card (`bool`, defaults to `True`): write README.md and the per-layer density plot;
                 an existing README.md is updated, not replaced.
-            model_card_kwargs (`dict`, *optional*): passed to `create_model_card` (`base_model`,
-                `datasets`, `accuracy`, `eval_dataset`, `command`, `training`, ...).
+            card_data (`PrunedCardData`, *optional*): what the card reports (see `card_data`).
+            model_card_kwargs (`dict`, *optional*): the same as a dict (`base_model`, `datasets`,
+                `accuracy`, `eval_dataset`, `command`, `training`, ...), instead of `card_data`.
             kwargs: passed to `model.save_pretrained` (dense format only, e.g. `max_shard_size`).
         """
-        card_kwargs = dict(model_card_kwargs or {})
-        card_kwargs.setdefault("base_model", self.base_model)
         save_pruned_checkpoint(
             save_directory,
             self.model,
@@ -237,22 +238,40 @@ class AFRPruner:
             if image_processor is not None
             else self.image_processor,
             model_card=model_card,
-            card_kwargs=card_kwargs,
+            card_data=self.card_data(card_data, **(model_card_kwargs or {})),
             **kwargs,
         )
 
-    def create_model_card(self, checkpoint_format: str = "dense", **kwargs: Any):
+    def card_data(self, card_data: PrunedCardData | None = None, **details: Any) -> PrunedCardData:
+        """The model-card data of this pruner: `card_data`, or one built from `details`
+        (`PrunedCardData` fields), with `base_model` defaulting to the checkpoint it came from."""
+        if card_data is not None and details:
+            raise ValueError(
+                "Pass the model-card details either as `card_data` or as keywords, not both."
+            )
+        card = card_data if card_data is not None else PrunedCardData.from_dict(details)
+        return card if card.base_model is not None else card.replace(base_model=self.base_model)
+
+    def create_model_card(
+        self,
+        checkpoint_format: str = "dense",
+        card_data: PrunedCardData | None = None,
+        **details: Any,
+    ):
         """The `huggingface_hub.ModelCard` of the pruned model (see `hf_afr.checkpoint.card`).
 
         Args:
             checkpoint_format (`str`, defaults to `"dense"`): the format the card describes.
-            kwargs: passed to `hf_afr.checkpoint.card.create_model_card` (`repo_id`, `base_model`,
+            card_data (`PrunedCardData`, *optional*): what the card reports besides the pruning.
+            details: `PrunedCardData` fields instead of `card_data` (`repo_id`, `base_model`,
                 `datasets`, `accuracy`, `eval_dataset`, `eval_split`, `license`, `tags`, `command`).
         """
-        kwargs.setdefault("base_model", self.base_model)
-        kwargs["tags"] = [self.model.config.model_type, *(kwargs.get("tags") or [])]
         return create_model_card(
-            self.config, self.masks, checkpoint_format=checkpoint_format, **kwargs
+            self.config,
+            self.sparsity_report(),
+            self.card_data(card_data, **details),
+            checkpoint_format=checkpoint_format,
+            model_type=self.model.config.model_type,
         )
 
     def push_to_hub(
@@ -265,16 +284,18 @@ class AFRPruner:
         revision: str | None = None,
         image_processor: Any | None = None,
         create_pr: bool = False,
-        **card_kwargs: Any,
+        card_data: PrunedCardData | None = None,
+        **card_details: Any,
     ):
         """Upload the pruned model to the Hub in one commit (see `hf_afr.hub.push_to_hub`).
+
+        The card reports `card_data`, or the `PrunedCardData` fields given as `card_details`.
 
         Example:
             ```python
             >>> pruner.push_to_hub("me/vit-b16-afr90", checkpoint_format="compact", datasets="cifar10")
             ```
         """
-        card_kwargs.setdefault("base_model", self.base_model)
         return push_to_hub(
             self.model,
             self.masks,
@@ -289,7 +310,7 @@ class AFRPruner:
             image_processor=image_processor
             if image_processor is not None
             else self.image_processor,
-            **card_kwargs,
+            card_data=self.card_data(card_data, **card_details),
         )
 
 

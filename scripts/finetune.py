@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             metrics.get("eval_accuracy"),
         )
         fmt = model_args.checkpoint_format
-        pruner.save_pretrained(training_args.output_dir, fmt, model_card_kwargs=card)
+        pruner.save_pretrained(training_args.output_dir, fmt, card_data=card)
         logger.info(f"Saved the pruned model and its model card to {training_args.output_dir}.")
         if push_to_hub:
             push_pruned_model(

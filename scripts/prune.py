@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(report)
         card = card_details("prune.py", argv, data_args.dataset_name, model_args.model_name_or_path)
         fmt = model_args.checkpoint_format
-        pruner.save_pretrained(run_args.output_dir, fmt, model_card_kwargs=card)
+        pruner.save_pretrained(run_args.output_dir, fmt, card_data=card)
         path = os.path.join(run_args.output_dir, "pruning_results.json")
         atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
         logger.info(f"Saved the pruned model and its model card to {run_args.output_dir}.")

@@ -360,8 +360,9 @@ def test_push_to_hub_is_one_pruner_push_without_the_token(
     ((repo_id, kwargs),) = calls
     assert repo_id == "me/tiny-afr" and kwargs["token"] == "hf_secret123"
     assert kwargs["checkpoint_format"] == "dense" and kwargs["image_processor"] is not None
-    assert "--sparsity 0.8" in kwargs["command"] and "hf_secret123" not in kwargs["command"]
-    assert 0.0 <= kwargs["accuracy"] <= 1.0
+    card = kwargs["card_data"]
+    assert "--sparsity 0.8" in card.command and "hf_secret123" not in card.command
+    assert 0.0 <= card.accuracy <= 1.0
     for path in out.rglob("*"):  # the token is in no file written (model card included)
         assert not path.is_file() or b"hf_secret123" not in path.read_bytes(), path
 

@@ -6,7 +6,7 @@ import pytest
 from helpers import tiny_vit
 from huggingface_hub import ModelCard
 
-from hf_afr import AFRPruner, PrunerConfig
+from hf_afr import AFRPruner, PrunedCardData, PrunerConfig
 from hf_afr.checkpoint.card import CARD_END, CARD_START
 from hf_afr.checkpoint.formats import DENSITY_PLOT_NAME
 
@@ -130,3 +130,28 @@ def test_the_loading_code_of_every_card_runs(
         assert len(predictions) == 3 and {"label", "score"} <= set(predictions[0])
     else:
         assert scope["model"].num_parameters() == pruner.model.num_parameters()
+
+
+def test_extra_sections_render_in_order_before_the_configuration(pruner, tmp_path):
+    card_data = PrunedCardData(
+        repo_id="me/x",
+        extra_sections={"Layer widths": "| layer | heads |", "Loading": "Run `x`."},
+    )
+    pruner.save_pretrained(tmp_path, card_data=card_data)
+    text = ModelCard.load(tmp_path / "README.md").text
+    widths, loading = text.index("## Layer widths\n\n| layer | heads |"), text.index("## Loading")
+    assert widths < loading < text.index("## Pruning configuration")
+    assert "Run `x`." in text and text.count(CARD_START) == 1
+
+
+def test_card_details_are_given_once(pruner):
+    with pytest.raises(ValueError, match="Unknown model-card details"):
+        pruner.create_model_card(dataset="cifar10")
+    with pytest.raises(ValueError, match="not both"):
+        pruner.create_model_card(card_data=PrunedCardData(), datasets="cifar10")
+    pruner.base_model = "google/vit-base-patch16-224"
+    try:
+        assert pruner.card_data().base_model == "google/vit-base-patch16-224"
+        assert pruner.card_data(base_model="other/model").base_model == "other/model"
+    finally:
+        pruner.base_model = None

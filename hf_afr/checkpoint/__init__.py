@@ -6,6 +6,7 @@ Modules, one concern each:
 - `codec`: lossless coding of a pruned tensor (mask bytes + kept values);
 - `compact`: the compact weights file (writer and the one validating reader);
 - `masks_file`: the masks sidecar of dense checkpoints;
+- `card_data`: `PrunedCardData`, what a card reports besides the pruning (built once);
 - `card`: the model card (metadata, sections, density plot);
 - `save`: `save_pruned_checkpoint` (used by `AFRPruner`, the Hub push and the scripts);
 - `load`: the model (quietly), image processor and pruning state of a checkpoint, and
@@ -15,6 +16,7 @@ Modules, one concern each:
 """
 
 from .card import create_model_card, merge_model_cards, save_model_card
+from .card_data import PrunedCardData
 from .compact import read_compact_header, read_compact_weights
 from .convert import compact_checkpoint, densify_checkpoint
 from .formats import (
@@ -42,6 +44,7 @@ __all__ = [
     "MASKS_NAME",
     "MODEL_CARD_NAME",
     "PRUNER_CONFIG_NAME",
+    "PrunedCardData",
     "check_weights_follow_masks",
     "inspect_checkpoint",
     "load_classifier",

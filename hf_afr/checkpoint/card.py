@@ -13,17 +13,16 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..config import PrunerConfig
 from ..files import atomic_path, atomic_write_text
 from ..report import SparsityReport
 from ..version import __version__
+from .card_data import PrunedCardData
 from .formats import DENSITY_PLOT_NAME, MODEL_CARD_NAME, check_format, weights_file
 
 TEMPLATE_NAME = "pruned_model_card.md"
@@ -87,85 +86,71 @@ _SCRIPT_HINT = (
 
 def create_model_card(
     pruner_config: PrunerConfig,
-    masks: Mapping[str, torch.Tensor],
+    report: SparsityReport,
+    card_data: PrunedCardData | None = None,
     *,
     checkpoint_format: str = "dense",
-    model_name: str | None = None,
-    repo_id: str | None = None,
-    base_model: str | None = None,
-    datasets: str | list[str] | None = None,
-    accuracy: float | None = None,
-    eval_dataset: str | None = None,
-    eval_split: str | None = None,
-    license: str | None = None,
-    language: str | list[str] | None = None,
-    tags: list[str] | None = None,
-    command: str | None = None,
+    model_type: str | None = None,
+    default_name: str | None = None,
     weights_size: int | None = None,
     has_image_processor: bool = False,
-    training: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Render the model card of a pruned checkpoint.
 
     Args:
         pruner_config (`PrunerConfig`): the configuration the masks were selected with.
-        masks (`dict[str, torch.Tensor]`): the masks (True = kept), keyed by parameter name.
+        report (`SparsityReport`): the sparsity of the masks (`SparsityReport.from_masks`).
+        card_data (`PrunedCardData`, *optional*): what the card reports besides the pruning
+            (base model, datasets, accuracy, command, extra sections, ...).
         checkpoint_format (`str`, defaults to `"dense"`): `"dense"` or `"compact"`; sets the loading
             instructions and `library_name` (`transformers`, or `hf_afr` for compact).
-        model_name (`str`, *optional*): title of the card; defaults to the repo name.
-        repo_id (`str`, *optional*): Hub id used in the loading code (default: `model_name`).
-        base_model (`str`, *optional*): the model that was pruned: a Hub id (then also in the
-            metadata) or a local path (named in the text only).
-        datasets (`str` or `list[str]`, *optional*): Hub ids of the scoring / fine-tuning data.
-        accuracy (`float`, *optional*): top-1 accuracy to report in `model-index`, as measured.
-        eval_dataset (`str`, *optional*): dataset of `accuracy`; defaults to the first of `datasets`.
-        eval_split (`str`, *optional*): split of `accuracy`, e.g. `"test"`.
-        license (`str`, *optional*), language (`str` or `list[str]`, *optional*): card metadata.
-        tags (`list[str]`, *optional*): extra tags, added to hf_afr's.
-        command (`str`, *optional*): the command that produced the checkpoint (shell); defaults to
-            the equivalent Python code. Never put a token in it.
+        model_type (`str`, *optional*): the transformers `model_type`, added to the tags.
+        default_name (`str`, *optional*): the title when `card_data` names neither the model nor
+            a repository (e.g. the folder's name).
         weights_size (`int`, *optional*): size in bytes of the weights file, shown in the card.
         has_image_processor (`bool`, defaults to `False`): whether the folder holds an image
             processor; only then does the card show `pipeline(...)` as the way to load it.
-        training (`dict`, *optional*): fine-tuning settings to list in the card (name -> value,
-            e.g. `{"epochs": 8, "learning rate": 0.001}`).
 
     Returns:
         `huggingface_hub.ModelCard`
     """
     check_format(checkpoint_format)
-    if not masks:
+    if not report.tensors:
         raise ValueError("The model card describes a pruned model: prune it (or load masks) first.")
+    card = card_data or PrunedCardData()
+    base_model = card.base_model
     hub_base_model = base_model if base_model and _is_hub_id(base_model) else None
+    datasets = card.datasets
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or []) or None
-    model_name = model_name or (repo_id.split("/")[-1] if repo_id else "pruned-model")
-    report = SparsityReport.from_masks(dict(masks))
+    repo_id = card.repo_id
+    model_name = card.model_name or (repo_id.split("/")[-1] if repo_id else default_name)
+    model_name = model_name or "pruned-model"
     method = pruner_config.method
     title, description = METHODS.get(method, (method, ""))
-    eval_results = _eval_results(accuracy, eval_dataset or (datasets or [None])[0], eval_split)
-    card_data = ModelCardData(
+    eval_dataset = card.eval_dataset or (datasets or [None])[0]
+    eval_results = _eval_results(card.accuracy, eval_dataset, card.eval_split)
+    card_metadata = ModelCardData(
         library_name="hf_afr" if checkpoint_format == "compact" else "transformers",
         pipeline_tag="image-classification",
         base_model=hub_base_model,
         datasets=datasets,
-        license=license,
-        language=language,
+        license=card.license,
+        language=card.language,
         tags=_unique(
-            ["hf_afr", "pruning", "sparse", "afr", method, "vision", *(tags or [])]
+            ["hf_afr", "pruning", "sparse", "afr", method, "vision", model_type, *(card.tags or [])]
             + ([f"control-{pruner_config.control}"] if pruner_config.control else [])
         ),
         eval_results=eval_results,
         # `model-index` needs a name; without evaluation results it is not metadata.
         model_name=model_name if eval_results else None,
     )
+    command, language_tag = card.command, "bash"
     if command is None:
         command, language_tag = _python_reproduction(
             pruner_config, hub_base_model or base_model, checkpoint_format
         )
-    else:
-        language_tag = "bash"
     return ModelCard.from_template(
-        card_data,
+        card_metadata,
         template_path=str(TEMPLATE_PATH),
         model_name=model_name,
         load_id=repo_id or model_name,
@@ -187,12 +172,13 @@ def create_model_card(
         sparsity_table=report.to_markdown(),
         fully_pruned=report.fully_pruned,
         has_image_processor=has_image_processor,
-        training_lines=[f"{key}: {value}" for key, value in (training or {}).items()],
+        training_lines=[f"{key}: {value}" for key, value in (card.training or {}).items()],
         eval_lines=[
             f"{r.metric_name.lower()}: {r.metric_value:.2%} ({r.dataset_name}"
             + (f", {r.dataset_split} split)" if r.dataset_split else ")")
-            for r in card_data.eval_results or []
+            for r in card_metadata.eval_results or []
         ],
+        extra_sections=list(card.extra_sections.items()),
     )
 
 
@@ -232,7 +218,7 @@ def merge_model_cards(existing: ModelCard, new: ModelCard) -> ModelCard:
 def save_model_card(
     card: ModelCard,
     save_directory: str | os.PathLike,
-    masks: Mapping[str, torch.Tensor],
+    report: SparsityReport,
     existing: str | os.PathLike | None = None,
 ) -> str:
     """Write README.md (merged into `existing`, or the folder's own README.md) and the density plot.
@@ -246,17 +232,16 @@ def save_model_card(
     existing = existing if existing is not None else path
     if os.path.isfile(existing):
         card = merge_model_cards(ModelCard.load(existing, ignore_metadata_errors=True), card)
-    plot_density(masks, os.path.join(save_directory, DENSITY_PLOT_NAME))
+    plot_density(report, os.path.join(save_directory, DENSITY_PLOT_NAME))
     atomic_write_text(path, str(card))
     return path
 
 
-def plot_density(masks: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+def plot_density(report: SparsityReport, path: str | os.PathLike) -> None:
     """Save a PNG bar chart of the density (kept fraction) of every pruned tensor."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    report = SparsityReport.from_masks(dict(masks))
     names = [t.name.removesuffix(".weight") for t in report.tensors]
     density = [1.0 - t.sparsity for t in report.tensors]
     figure = Figure(figsize=(7.0, 1.2 + 0.22 * len(names)), dpi=100)

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from ..config import PrunerConfig
 from ..files import atomic_write_text, read_json_object, resolve_file, staged_directory
+from ..report import SparsityReport
 from .card import create_model_card, save_model_card
 from .compact import COMPACT_QUANT_METHOD, CompactEntry, read_compact_weights
 from .formats import (
@@ -66,15 +67,16 @@ def densify_checkpoint(
         atomic_write_text(os.path.join(staging, CONFIG_NAME), text)
         pruner_config = resolve_file(source_directory, PRUNER_CONFIG_NAME, missing_ok=True)
         if pruner_config is not None:
+            report = SparsityReport.from_masks(masks)
             card = create_model_card(
                 PrunerConfig.from_pretrained(pruner_config),
-                masks,
+                report,
                 checkpoint_format="dense",
-                model_name=os.path.basename(os.path.abspath(save_directory)),
+                default_name=os.path.basename(os.path.abspath(save_directory)),
                 weights_size=os.path.getsize(os.path.join(staging, DENSE_WEIGHTS_NAME)),
                 has_image_processor=os.path.isfile(os.path.join(staging, IMAGE_PROCESSOR_NAME)),
             )
-            save_model_card(card, staging, masks, existing=os.path.join(staging, MODEL_CARD_NAME))
+            save_model_card(card, staging, report, existing=os.path.join(staging, MODEL_CARD_NAME))
     return entries
 
 

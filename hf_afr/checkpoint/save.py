@@ -16,7 +16,9 @@ from torch import nn
 
 from ..config import PrunerConfig
 from ..files import staged_directory
+from ..report import SparsityReport
 from .card import create_model_card, save_model_card
+from .card_data import PrunedCardData
 from .compact import save_compact_checkpoint
 from .formats import (
     COMPACT_WEIGHTS_NAME,
@@ -40,7 +42,8 @@ def save_pruned_checkpoint(
     checkpoint_format: str = "dense",
     image_processor: Any | None = None,
     model_card: bool = True,
-    card_kwargs: Mapping[str, Any] | None = None,
+    card_data: PrunedCardData | None = None,
+    report: SparsityReport | None = None,
     **save_kwargs: Any,
 ) -> str:
     """Write model, pruning config, masks, image processor and model card into a folder.
@@ -54,7 +57,8 @@ def save_pruned_checkpoint(
         image_processor (*optional*): saved alongside, so that `pipeline(...)` works on the folder.
         model_card (`bool`, defaults to `True`): write README.md and the density plot (when
             there are masks); an existing README.md is updated, not replaced.
-        card_kwargs (`dict`, *optional*): passed to `create_model_card`.
+        card_data (`PrunedCardData`, *optional*): what the card reports besides the pruning.
+        report (`SparsityReport`, *optional*): the sparsity of `masks`, if already computed.
         save_kwargs: passed to `model.save_pretrained` (dense format only).
 
     Returns:
@@ -85,16 +89,20 @@ def save_pruned_checkpoint(
         if image_processor is not None:
             image_processor.save_pretrained(staging)
         if model_card and masks:
-            kwargs = dict(card_kwargs or {})
-            if not kwargs.get("repo_id"):
-                kwargs.setdefault("model_name", os.path.basename(os.path.abspath(save_directory)))
-            if os.path.isfile(os.path.join(staging, weights)):
-                kwargs.setdefault("weights_size", os.path.getsize(os.path.join(staging, weights)))
-            kwargs.setdefault("has_image_processor", image_processor is not None or had_processor)
-            kwargs["tags"] = [model.config.model_type, *(kwargs.get("tags") or [])]
+            report = report or SparsityReport.from_masks(dict(masks))
+            weights_path = os.path.join(staging, weights)
             card = create_model_card(
-                pruner_config, masks, checkpoint_format=checkpoint_format, **kwargs
+                pruner_config,
+                report,
+                card_data,
+                checkpoint_format=checkpoint_format,
+                model_type=model.config.model_type,
+                default_name=os.path.basename(os.path.abspath(save_directory)),
+                weights_size=os.path.getsize(weights_path)
+                if os.path.isfile(weights_path)
+                else None,
+                has_image_processor=image_processor is not None or had_processor,
             )
             existing = os.path.join(save_directory, MODEL_CARD_NAME)
-            save_model_card(card, staging, masks, existing=existing)
+            save_model_card(card, staging, report, existing=existing)
     return os.path.join(save_directory, weights)

@@ -10,6 +10,7 @@ import numpy as np
 from transformers import EvalPrediction, TrainingArguments
 from transformers.utils import logging
 
+from ..checkpoint.card_data import PrunedCardData
 from ..pruner import AFRPruner
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def push_pruned_model(
     output_dir: str,
     checkpoint_format: str,
     commit_message: str,
-    card_kwargs: dict[str, Any],
+    card_data: PrunedCardData,
     token: str | None = None,
     private: bool | None = None,
 ) -> None:
@@ -97,6 +98,6 @@ def push_pruned_model(
         token=token,
         private=private,
         image_processor=pruner.image_processor,
-        **card_kwargs,
+        card_data=card_data,
     )
     logger.info(f"Pushed the pruned model to the Hub: {repo_id}.")

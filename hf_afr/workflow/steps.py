@@ -11,6 +11,7 @@ import torch
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from ..checkpoint.card_data import PrunedCardData
 from ..checkpoint.formats import MASKS_NAME
 from ..checkpoint.load import quiet_transformers
 from ..checkpoint.masks_file import load_masks
@@ -257,23 +258,26 @@ def card_details(
     base_model: str,
     training: dict[str, Any] | None = None,
     accuracy: float | None = None,
-) -> dict[str, Any]:
-    """Model-card details: base model, dataset, training settings, accuracy and the command.
-
-    The Hub token is never written into the card.
+) -> PrunedCardData:
+    """Model-card data of a script run: base model, dataset, training settings, accuracy and
+    the command. The Hub token is never written into the card.
     """
     from .data import EMBEDDED_PREFIX
 
-    kwargs: dict[str, Any] = {
-        "command": reproducible_command(script, argv),
-        "base_model": base_model,
-        "training": training,
-    }
     embedded = dataset_name is not None and dataset_name.startswith(EMBEDDED_PREFIX)
-    hub_dataset = dataset_name and not embedded and not os.path.isdir(dataset_name)
-    if hub_dataset:
-        kwargs["datasets"] = dataset_name
+    hub_dataset = bool(dataset_name) and not embedded and not os.path.isdir(dataset_name)
+    evaluation = {}
     if accuracy is not None:
         eval_dataset = dataset_name if hub_dataset or embedded else "imagefolder"
-        kwargs.update(accuracy=accuracy, eval_dataset=eval_dataset, eval_split="validation")
-    return kwargs
+        evaluation = {
+            "accuracy": accuracy,
+            "eval_dataset": eval_dataset,
+            "eval_split": "validation",
+        }
+    return PrunedCardData(
+        command=reproducible_command(script, argv),
+        base_model=base_model,
+        training=training,
+        datasets=dataset_name if hub_dataset else None,
+        **evaluation,
+    )

@@ -97,11 +97,6 @@ class AFRPruner:
             k: model_kwargs[k] for k in ("revision", "token", "cache_dir") if k in model_kwargs
         }
         model_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
-        try:  # an unsupported family fails here, before any weights are downloaded
-            get_architecture(model_config)
-        except ValueError as err:
-            raise ValueError(f"{name_or_path}: {err}") from None
-        _complete_label_kwargs(model_kwargs)
         model = load_classifier(name_or_path, model_config, model_kwargs)
         saved_config, saved_masks = load_pruning_state(
             name_or_path, is_compact=is_compact_config(model_config), **hub_kwargs
@@ -322,15 +317,3 @@ def _with_concrete_feature(config: PrunerConfig, model_config: Any) -> PrunerCon
         return config
     logger.debug(f"feature_token='auto' reads {feature!r} for a {model_config.model_type} model.")
     return dataclasses.replace(config, feature_token=feature)
-
-
-def _complete_label_kwargs(kwargs: dict[str, Any]) -> None:
-    id2label = kwargs.get("id2label")
-    if id2label is not None:
-        id2label = {int(k): v for k, v in id2label.items()}
-        kwargs["id2label"] = id2label
-        kwargs.setdefault("label2id", {v: k for k, v in id2label.items()})
-        if kwargs.setdefault("num_labels", len(id2label)) != len(id2label):
-            raise ValueError(
-                f"num_labels={kwargs['num_labels']} but id2label has {len(id2label)} entries."
-            )

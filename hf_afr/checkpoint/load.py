@@ -11,11 +11,17 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+import transformers
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.utils import logging
 
-from ..architectures import get_architecture, load_family_classifier
+from ..architectures import (
+    VisionArchitecture,
+    encoder_blocks,
+    get_architecture,
+    module_names,
+)
 from ..config import PrunerConfig
 from ..files import resolve_file
 from ..masks import nonzero_where_pruned
@@ -33,38 +39,110 @@ logger = logging.get_logger(__name__)
 
 
 def load_classifier(
-    name_or_path: str, model_config: Any = None, model_kwargs: dict[str, Any] | None = None
+    name_or_path: str | os.PathLike,
+    model_config: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """The family's classification model of a checkpoint, loaded with clear lines, not a report.
+    """The family's classification model of a checkpoint: the one way hf_afr loads a model.
 
-    transformers' load report is replaced: a new classification head (a bare backbone, or a
-    head resized to `num_labels`) is intended, so it is one info line; any other weight that is
-    missing or does not fit is a warning. A truncated or corrupt weights file is a `ValueError`
-    naming the file. See `hf_afr.architectures.load_family_classifier` for what is loaded.
+    A classifier loads as is, a head of another size than `num_labels` replaced; a bare
+    backbone (`ViTModel`, `Dinov2Model`, `CLIPModel`, `SwinModel`, ...) gets a new head; a
+    vision-only CLIP/SigLIP checkpoint (`CLIPVisionModel`) is loaded with its own class and put
+    into a new classifier. An unsupported family fails before any weights are downloaded.
+    transformers' load report is replaced: a new classification head is intended, so it is one
+    info line; any other weight that is missing or does not fit is a warning. A truncated or
+    corrupt weights file, or a checkpoint without the encoder or patch-embedding weights (they
+    would be random), is a `ValueError` naming it.
 
     Args:
-        name_or_path (`str`): Hub id or local folder.
+        name_or_path (`str` or `os.PathLike`): Hub id or local folder.
         model_config (*optional*): the checkpoint's config; read from it if not given.
-        model_kwargs (`dict`, *optional*): passed to `from_pretrained`; a head of another size
-            is replaced (`ignore_mismatched_sizes=True`) unless the caller says otherwise.
+        model_kwargs (`dict`, *optional*): passed to `from_pretrained` (`num_labels`, `id2label`,
+            `label2id`, `dtype`, `revision`, `token`, `cache_dir`, ...); a head of another size is
+            replaced (`ignore_mismatched_sizes=True`) unless the caller says otherwise.
     """
     from transformers import AutoConfig
 
+    name_or_path = os.fspath(name_or_path)
+    kwargs = {"ignore_mismatched_sizes": True, **(model_kwargs or {})}
+    _complete_label_kwargs(kwargs)
+    if model_config is None:
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
+        with quiet_transformers():
+            model_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+    try:
+        arch = get_architecture(model_config)
+    except ValueError as err:
+        raise ValueError(f"{name_or_path}: {err}") from None
     if os.path.isdir(name_or_path):
         check_safetensors_files(name_or_path)
-    kwargs = {"ignore_mismatched_sizes": True, **(model_kwargs or {})}
     try:
         with quiet_transformers():
-            if model_config is None:
-                model_config = AutoConfig.from_pretrained(name_or_path)
-            model, info = load_family_classifier(name_or_path, model_config, **kwargs)
+            if model_config.model_type in arch.vision_model_types:
+                model, info = _load_vision_tower(name_or_path, arch, kwargs)
+            else:
+                model, info = arch.model_cls.from_pretrained(
+                    name_or_path, output_loading_info=True, **kwargs
+                )
     except SafetensorError as err:
         raise ValueError(
             f"Cannot read the weights of {name_or_path}: {err}. The file is truncated or corrupt; "
             "re-save or re-download it."
         ) from err
-    _log_loading_info(model, name_or_path, info, get_architecture(model).head)
+    _check_encoder_loaded(model, name_or_path, arch, info)
+    _log_loading_info(model, name_or_path, info, arch.head)
     return model
+
+
+def _complete_label_kwargs(kwargs: dict[str, Any]) -> None:
+    id2label = kwargs.get("id2label")
+    if id2label is not None:
+        id2label = {int(k): v for k, v in id2label.items()}
+        kwargs["id2label"] = id2label
+        kwargs.setdefault("label2id", {v: k for k, v in id2label.items()})
+        if kwargs.setdefault("num_labels", len(id2label)) != len(id2label):
+            raise ValueError(
+                f"num_labels={kwargs['num_labels']} but id2label has {len(id2label)} entries."
+            )
+
+
+def _load_vision_tower(name_or_path: str, arch: VisionArchitecture, kwargs: dict[str, Any]):
+    """A vision-only checkpoint in a new `arch.model_class` (new head), and its loading info."""
+    kwargs = dict(kwargs)
+    labels = {k: kwargs.pop(k) for k in ("num_labels", "id2label", "label2id") if k in kwargs}
+    kwargs.pop("ignore_mismatched_sizes", None)
+    tower_cls = getattr(transformers, arch.vision_model_class)
+    tower, info = tower_cls.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    config = arch.model_cls.config_class(vision_config=tower.config.to_dict(), **labels)
+    model = arch.model_cls(config).to(tower.dtype).eval()
+    name, slot = next((n, m) for n, m in model.named_children() if isinstance(m, tower_cls))
+    slot.load_state_dict(tower.state_dict())
+    head = [n for n, _ in model.named_parameters() if n.split(".")[0] == arch.head]
+    return model, {
+        "missing_keys": [f"{name}.{key}" for key in info["missing_keys"]] + head,
+        "mismatched_keys": [],
+        "unexpected_keys": list(info.get("unexpected_keys", [])),
+    }
+
+
+def _check_encoder_loaded(
+    model: nn.Module, name_or_path: str, arch: VisionArchitecture, info: Mapping[str, Any]
+) -> None:
+    """Raise a `ValueError` if the encoder blocks or the patch embedding were not loaded."""
+    missing = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
+    needed = {
+        f"{block}.{param}"
+        for block, module in encoder_blocks(model).items()
+        for param, _ in module.named_parameters()
+    }
+    needed |= {f"{n}.weight" for n in module_names(model, arch.patch_embedding, nn.Conv2d)}
+    absent = sorted(needed & missing)
+    if absent:
+        raise ValueError(
+            f"{name_or_path} does not hold the {arch.name} encoder weights {arch.model_class} "
+            f"expects ({len(absent)} missing, e.g. {absent[0]}); they would be random. Check that "
+            "the weights match the checkpoint's config.json."
+        )
 
 
 def _log_loading_info(

@@ -1,7 +1,7 @@
 """Which combination of SNIP and ReFer prunes best? A study on validation splits only.
 
 AFR = z(SNIP) + z(ReFer) loses to ReFer alone on the offline proxy (benchmarks/replicate.py).
-This study compares other combinations (`hf_afr/criteria/combined.py`) with SNIP and ReFer:
+This study compares other combinations (`benchmarks/combined_criteria.py`) with SNIP and ReFer:
 
 - `refer_budget_snip_rank`: ReFer's per-tensor kept counts, SNIP's ranking inside each tensor;
 - `snip_budget_refer_rank`: the reverse;
@@ -52,7 +52,7 @@ VALIDATION_FRACTION = 0.2
 
 def combine(name: str, snip: dict, refer: dict, sparsity: float) -> dict[str, torch.Tensor]:
     """The candidate's scores from the SNIP and ReFer scores of the same batches."""
-    from hf_afr.criteria.combined import budget_rank_scores, log_sum_scores, log_z_scores
+    from combined_criteria import budget_rank_scores, log_sum_scores, log_z_scores
 
     if name == "snip":
         return snip

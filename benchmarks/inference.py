@@ -37,7 +37,7 @@ from transformers.utils import logging
 from hf_afr import PrunerConfig, SparseInferenceConfig, apply_masks, find_prunable_parameters
 from hf_afr.inference import module_bytes, shrink, shrinkable, to_sparse_inference
 from hf_afr.inference.convert import run_model
-from hf_afr.inference.timing import time_side_by_side
+from hf_afr.inference.timing import inference_call, time_side_by_side
 from hf_afr.masks import select_masks
 
 MAIN_JOB_OUTPUT = "outputs/tiny-vit-glyphs-afr90-digits"
@@ -138,14 +138,6 @@ def linear_bytes(model: torch.nn.Module) -> int:
     )
 
 
-def timed(model, inputs):
-    def call():
-        with torch.inference_mode():
-            model(**inputs)
-
-    return call
-
-
 def vit_case(args, shape: dict, structure: str, sparsity: float | None) -> list[dict]:
     base = pruned_vit(shape, structure, sparsity).to(args.device, args.dtype)
     shrunk = copy.deepcopy(base)
@@ -164,7 +156,7 @@ def vit_case(args, shape: dict, structure: str, sparsity: float | None) -> list[
         if shrink_report.macs_reduction > 0.01:  # otherwise shrunk is the dense model
             models["shrunk"] = shrunk
         t = time_side_by_side(
-            {name: timed(m, inputs) for name, m in models.items()},
+            {name: inference_call(m, inputs) for name, m in models.items()},
             "dense", args.rounds, 0.0 if args.quick else 0.2, torch.device(args.device),
         )  # fmt: skip
         kernels = {}
@@ -224,7 +216,7 @@ def main_job_section(args) -> dict | None:
     logits = {name: run_model(m, {"pixel_values": pixels}) for name, m in models.items()}
     min_time = 0.0 if args.quick else MAIN_MIN_TIME
     t = time_side_by_side(
-        {name: timed(m, batch) for name, m in models.items()},
+        {name: inference_call(m, batch) for name, m in models.items()},
         "dense", args.main_rounds, min_time, torch.device(args.device),
     )  # fmt: skip
     out = {"model_dir": args.model_dir, "images": len(pixels), "batch": len(batch["pixel_values"])}
@@ -246,6 +238,9 @@ def criteria_section(args) -> list[dict]:
     """Per criterion and sparsity: what `shrink` removes from the embedded model's masks."""
     from hf_afr import DEFAULT_MODEL, AFRPruner
     from hf_afr.data import digits_arrays
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import combined_criteria  # noqa: F401  (registers refer_snip_log_z)
 
     x, y = digits_arrays("train")
     x = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1.0

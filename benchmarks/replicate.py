@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import combined_criteria  # noqa: E402, F401  (registers refer_snip_log_z)
 import replicate_report  # noqa: E402
 
 COMBINATION = replicate_report.COMBINATION

@@ -72,11 +72,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from .inference.bench import run_bench
+    import torch
 
-    status = run_bench(args)
-    if status:
-        raise SystemExit(status)
+    from .files import atomic_write_text
+    from .inference.bench import bench_batch, format_tables, results_json
+    from .inference.config import KERNELS, SparseInferenceConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if any(b < 1 for b in args.batch_size) or args.rounds < 1 or args.layer_rounds < 1:
+        raise ValueError("--batch-size, --rounds and --layer-rounds must be positive integers.")
+    if args.dtype not in (None, "float32", "float16", "bfloat16"):
+        raise ValueError(f"--dtype must be float32, float16 or bfloat16, got {args.dtype!r}.")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available here.")
+    config = SparseInferenceConfig(
+        shrink=not args.no_shrink,
+        kernels=tuple(args.kernels or KERNELS),
+        timing_rounds=args.layer_rounds,
+    )
+    load = {"device": args.device, "dtype": args.dtype, "revision": args.revision}
+    results = [bench_batch(args.model, b, config, args.rounds, **load) for b in args.batch_size]
+    text = format_tables(args.model, results)
+    print(text)
+    if args.output:
+        atomic_write_text(args.output, text + "\n")
+        atomic_write_text(args.output.rsplit(".", 1)[0] + ".json", results_json(results))
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:

@@ -112,3 +112,34 @@ def test_no_import_circles_among_hf_afr_modules():
 )
 def test_modules_stay_small(path):
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
+
+
+def private_imports(path: Path) -> list[str]:
+    """`hf_afr` names a file imports that are private (a part or a name starting with `_`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "hf_afr":
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names if alias.name.split(".")[0] == "hf_afr"]
+        else:
+            continue
+        found += [n for n in names if any(part.startswith("_") for part in n.split("."))]
+    return found
+
+
+def test_the_private_import_finder_sees_private_names(tmp_path):
+    source = tmp_path / "user.py"
+    source.write_text(
+        "from hf_afr.masks import _prune_lowest, select_masks\nimport hf_afr._private.x\n"
+        "def f():\n    from hf_afr import AFRPruner\n"
+    )
+    assert private_imports(source) == ["hf_afr.masks._prune_lowest", "hf_afr._private.x"]
+
+
+def test_scripts_and_benchmarks_import_only_public_names():
+    root = PACKAGE.parent
+    files = sorted([*(root / "scripts").rglob("*.py"), *(root / "benchmarks").rglob("*.py")])
+    offenders = {str(p.relative_to(root)): private_imports(p) for p in files}
+    assert len(files) > 10
+    assert {path: names for path, names in offenders.items() if names} == {}

@@ -19,10 +19,10 @@ Layout:
   criterion's cost against SNIP).
 
 The sections reach hf_afr through its public API (`get_criterion(...).score`, `PrunerConfig`,
-`find_prunable_parameters`, `apply_masks`, `MaskEnforcer`, `PruningMaskCallback`), the
-library's `torch.profiler` labels (`hf_afr::forward`, `hf_afr::backward[loss]`, ...), and one
-function documented as internal but stable for this benchmark:
-`hf_afr.criteria.afr.sum_of_z_scores` (section 2 times AFR's z-score stage apart).
+`find_prunable_parameters`, `apply_masks`, `MaskEnforcer`, `PruningMaskCallback`,
+`hf_afr.criteria.sum_of_z_scores`, the side-by-side timing of `hf_afr.inference.timing`) and
+the `torch.profiler` labels a profile of a scoring call shows (`hf_afr::forward`,
+`hf_afr::backward[loss]`, ...).
 
 Adding a section (e.g. `perf_suite/families.py`):
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import statistics
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_afr import DEFAULT_MODEL, PrunerConfig, find_prunable_parameters, get_criterion
+from hf_afr.inference.timing import compare_rounds, seconds_per_call, time_rounds
 
 METHODS = ("snip", "refer", "afr")
 NUM_LABELS = 10
@@ -154,24 +153,12 @@ def scorer(model, batches, method: str, **config_kwargs) -> Callable[[], dict]:
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, rt: Runtime) -> dict:
     """Per-variant times of `rounds` rounds; the order rotates each round. One warm-up call."""
-    names = list(fns)
-    for name in names:
-        fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(timed(fns[name], rt))
-    return times
+    return time_rounds(fns, rounds, device=rt.device)
 
 
 def timed(fn: Callable[[], Any], rt: Runtime) -> float:
     """Wall-clock seconds of one call (device work included)."""
-    rt.sync()
-    start = time.perf_counter()
-    fn()
-    rt.sync()
-    return time.perf_counter() - start
+    return seconds_per_call(fn, 1, rt.device)
 
 
 def best_time(fn: Callable[[], Any], repeats: int, rt: Runtime) -> float:
@@ -182,13 +169,10 @@ def best_time(fn: Callable[[], Any], repeats: int, rt: Runtime) -> float:
 
 def ratio(times: dict[str, list[float]], num: str, den: str) -> dict[str, float]:
     """Median, range and ratio of minimums of the per-round ratios num / den."""
-    per_round = [a / b for a, b in zip(times[num], times[den])]
-    return {
-        "median": statistics.median(per_round),
-        "low": min(per_round),
-        "high": max(per_round),
-        "of_minimums": min(times[num]) / min(times[den]),
-    }
+    # hf_afr's speed-up of `den` against the baseline `num` is the per-round num / den.
+    timing = compare_rounds(times, baseline=num)[den]
+    low, high = timing.speedup_range
+    return {"median": timing.speedup, "low": low, "high": high, "of_minimums": timing.best_speedup}
 
 
 def verdict(value: float, target: float) -> str:

@@ -5,9 +5,8 @@ stages are the `record_function` ranges the library labels (`hf_afr::forward`,
 `hf_afr::objectives`, `hf_afr::feature_grads`, `hf_afr::backward[loss]`,
 `hf_afr::backward[refer]`, `hf_afr::accumulate`) plus a few aten ops (SVD, matmuls).
 
-One number needs the library beyond its public API: AFR's z-score stage, timed apart with
-`hf_afr.criteria.afr.sum_of_z_scores` (documented there as internal but stable for this
-benchmark) on the SNIP and ReFer scores of a real call (exactly the inputs AFR combines).
+AFR's z-score stage is timed apart with the public `hf_afr.criteria.sum_of_z_scores` on the
+SNIP and ReFer scores of a real call (exactly the inputs AFR combines).
 """
 
 from __future__ import annotations
@@ -106,7 +105,7 @@ def z_score_seconds(model, batches, rt: Runtime, repeats: int = 2) -> float:
     Its inputs are the SNIP and ReFer scores (|dL/dw * w| and |dR/dw * w|) of a real
     scoring call, fresh each repeat since the stage works in place on its first argument.
     """
-    from hf_afr.criteria.afr import sum_of_z_scores  # internal, stable for this benchmark
+    from hf_afr.criteria import sum_of_z_scores
 
     snip, refer = scorer(model, batches, "snip"), scorer(model, batches, "refer")
     samples = []

@@ -61,11 +61,6 @@ METHODS = {
         "Data-free: each weight is scored by its share of the synaptic flow through the network "
         "with all parameters made positive, over iterative rounds of scoring and pruning.",
     ),
-    "refer_snip_log_z": (
-        "ReFer + SNIP on log-scores",
-        "Each weight is scored by z(log ReFer score) + 0.5 * z(log SNIP score), z-scores over "
-        "all prunable weights; the lowest scores are pruned.",
-    ),
     "magnitude": ("magnitude pruning", "The weights of smallest absolute value are pruned."),
     "random": ("random pruning", "Weights are pruned uniformly at random (a baseline)."),
 }

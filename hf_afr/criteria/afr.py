@@ -1,7 +1,7 @@
 """AFR: z(ReFer) + z(SNIP), each z-scored over all scored weights so both weigh equally.
 
-`sum_of_z_scores` is internal but kept stable (name, module, signature) for
-`benchmarks/perf_suite/profile.py`, which times AFR's z-score stage apart with it.
+`sum_of_z_scores(a, b)` is AFR's combination step on its own, for any two criteria's scores
+(e.g. from `get_criterion(name).score`): each set weighs equally whatever its scale.
 """
 
 from __future__ import annotations
@@ -52,8 +52,15 @@ def standardize(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def sum_of_z_scores(
     a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """z(a) + z(b), written into `a`'s tensors: a / std_a + b / std_b - (mean_a / std_a +
-    mean_b / std_b), three in-place passes over `a` and one reading pass over `b`."""
+    """z(a) + z(b), z-scores over all tensors, written into `a`'s tensors (`a` is consumed).
+
+    Computed as a / std_a + b / std_b - (mean_a / std_a + mean_b / std_b): three in-place
+    passes over `a` and one reading pass over `b`.
+
+    Args:
+        a (`dict[str, Tensor]`): scores by parameter name; overwritten with the result.
+        b (`dict[str, Tensor]`): scores of the same names and shapes.
+    """
     mean_a, std_a = score_moments(a)
     mean_b, std_b = score_moments(b)
     shift = mean_a / std_a + mean_b / std_b

@@ -29,9 +29,7 @@ How the computation is organised (it changes no definition above):
 
 The stages are labelled for `torch.profiler` (`hf_afr::forward`, `hf_afr::objectives`,
 `hf_afr::backward[loss]`, `hf_afr::backward[refer]`, `hf_afr::accumulate`,
-`hf_afr::feature_grads`); `benchmarks/perf.py` reports where the time goes. These labels
-are kept stable: the benchmark's profile and memory sections (`benchmarks/perf_suite/`) read
-them instead of calling this module's internals.
+`hf_afr::feature_grads`), so that a profile of a scoring call shows where its time goes.
 """
 
 from __future__ import annotations

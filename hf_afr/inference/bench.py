@@ -6,81 +6,85 @@ batch). The three run side by side, interleaved round by round; the tables give 
 kernel chosen and its measured speed-up, end to end the median of the per-round ratios, the
 output difference and the resident bytes, and what shrinking removed per block.
 
-`hf_afr.cli` defines the arguments and calls `run_bench(args)`; heavy imports happen here.
+`hf_afr.cli` reads the command line and calls `bench_batch` per batch size; heavy imports
+happen inside the functions.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from typing import TYPE_CHECKING
 
-from ..files import atomic_write_text
+if TYPE_CHECKING:
+    from .config import SparseInferenceConfig
 
 
-def _load(args: argparse.Namespace):
+def load_for_bench(
+    model: str, device: str = "cpu", dtype: str | None = None, revision: str | None = None
+):
+    """The checkpoint's classifier on `device`, in eval mode (`dtype`: e.g. `"bfloat16"`)."""
     import torch
 
     from ..checkpoint.load import load_classifier
 
-    kwargs = {"revision": args.revision} if args.revision else {}
-    if args.dtype:
-        kwargs["dtype"] = getattr(torch, args.dtype)
-    return load_classifier(args.model, model_kwargs=kwargs).to(args.device).eval()
+    kwargs = {"revision": revision} if revision else {}
+    if dtype:
+        kwargs["dtype"] = getattr(torch, dtype)
+    return load_classifier(model, model_kwargs=kwargs).to(device).eval()
 
 
-def _timed(model, inputs):
-    import torch
+def bench_batch(
+    model: str,
+    batch_size: int,
+    config: SparseInferenceConfig,
+    rounds: int = 7,
+    device: str = "cpu",
+    dtype: str | None = None,
+    revision: str | None = None,
+) -> dict:
+    """Load, convert and time one batch size; returns the numbers of the tables.
 
-    def call():
-        with torch.inference_mode():
-            model(**inputs)
-
-    return call
-
-
-def bench_config(args: argparse.Namespace):
-    """The `SparseInferenceConfig` of the command line (validated before anything is loaded)."""
-    from .config import KERNELS, SparseInferenceConfig
-
-    return SparseInferenceConfig(
-        shrink=not args.no_shrink,
-        kernels=tuple(args.kernels or KERNELS),
-        timing_rounds=args.layer_rounds,
-    )
-
-
-def bench_batch(args: argparse.Namespace, batch_size: int) -> dict:
-    """Load, convert and time one batch size; returns the numbers of the tables."""
+    Args:
+        model (`str`): the pruned checkpoint, a folder or Hub id.
+        batch_size (`int`): the batch to convert for and time.
+        config (`SparseInferenceConfig`): the conversion (`shrink=False` skips the shrunk variant).
+        rounds (`int`, defaults to 7): end-to-end timing rounds.
+        device (`str`, defaults to `"cpu"`), dtype (`str`, *optional*), revision (`str`,
+            *optional*): where and how the checkpoint is loaded.
+    """
     import torch
 
     from .convert import default_example_inputs, run_model, to_sparse_inference
     from .kernels import module_bytes
     from .shrink import shrink
-    from .timing import time_side_by_side
+    from .timing import inference_call, time_side_by_side
 
-    models = {"dense": _load(args)}
+    def load():
+        return load_for_bench(model, device, dtype, revision)
+
+    models = {"dense": load()}
     inputs = default_example_inputs(models["dense"], batch_size)
-    dtype = next(models["dense"].parameters()).dtype
-    inputs = {k: v.to(args.device, dtype) for k, v in inputs.items()}
+    param_dtype = next(models["dense"].parameters()).dtype
+    inputs = {k: v.to(device, param_dtype) for k, v in inputs.items()}
     shrink_report = None
-    if not args.no_shrink:
-        models["shrunk"] = _load(args)
+    if config.shrink:
+        models["shrunk"] = load()
         shrink_report = shrink(models["shrunk"])
-    models["converted"] = _load(args)
-    report = to_sparse_inference(models["converted"], bench_config(args), example_inputs=inputs)
+    models["converted"] = load()
+    report = to_sparse_inference(models["converted"], config, example_inputs=inputs)
     expected = run_model(models["dense"], inputs)
-    variants = {name: _timed(model, inputs) for name, model in models.items()}
-    timings = time_side_by_side(variants, "dense", args.rounds, 0.05, torch.device(args.device))
+    variants = {name: inference_call(m, inputs) for name, m in models.items()}
+    timings = time_side_by_side(variants, "dense", rounds, 0.05, torch.device(device))
     result = {"batch_size": batch_size, "report": report, "shrink": shrink_report, "variants": {}}
-    for name, model in models.items():
-        out = run_model(model, inputs)
+    for name, m in models.items():
+        out = run_model(m, inputs)
         result["variants"][name] = {
             "ms": 1e3 * timings[name].seconds,
             "speedup": timings[name].speedup,
             "range": timings[name].speedup_range,
             "max_abs_diff": float((out.double() - expected.double()).abs().max()),
             "top1_equal": bool((out.argmax(-1) == expected.argmax(-1)).all()),
-            "bytes": module_bytes(model),
+            "bytes": module_bytes(m),
         }
     return result
 
@@ -123,30 +127,12 @@ def format_tables(model: str, results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    """Run `hf-afr bench`; prints the tables and returns the exit status."""
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if any(b < 1 for b in args.batch_size) or args.rounds < 1 or args.layer_rounds < 1:
-        raise ValueError("--batch-size, --rounds and --layer-rounds must be positive integers.")
-    if args.dtype not in (None, "float32", "float16", "bfloat16"):
-        raise ValueError(f"--dtype must be float32, float16 or bfloat16, got {args.dtype!r}.")
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is available here.")
-    bench_config(args)
-    results = [bench_batch(args, b) for b in args.batch_size]
-    text = format_tables(args.model, results)
-    print(text)
-    if args.output:
-        atomic_write_text(args.output, text + "\n")
-        data = [
-            {**{k: v for k, v in r.items() if k not in ("report", "shrink")},
-             "layers": r["report"].to_dict()["layers"],
-             "shrink": None if r["shrink"] is None else r["shrink"].to_dict()}
-            for r in results
-        ]  # fmt: skip
-        path = args.output.rsplit(".", 1)[0] + ".json"
-        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-    return 0
+def results_json(results: list[dict]) -> str:
+    """The numbers of `bench_batch` results as JSON (reports as dicts)."""
+    data = [
+        {**{k: v for k, v in r.items() if k not in ("report", "shrink")},
+         "layers": r["report"].to_dict()["layers"],
+         "shrink": None if r["shrink"] is None else r["shrink"].to_dict()}
+        for r in results
+    ]  # fmt: skip
+    return json.dumps(data, indent=2) + "\n"

@@ -36,13 +36,76 @@ def _sync(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(fn: Callable[[], object], repeats: int, device: torch.device | None) -> float:
+def seconds_per_call(
+    fn: Callable[[], object], repeats: int = 1, device: torch.device | None = None
+) -> float:
+    """Wall-clock seconds per call of `fn`, over `repeats` calls (CUDA work included)."""
     _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
     _sync(device)
     return (time.perf_counter() - start) / repeats
+
+
+def inference_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """A callable running `model(**inputs)` under `torch.inference_mode`, to time."""
+
+    def call() -> None:
+        with torch.inference_mode():
+            model(**inputs)
+
+    return call
+
+
+def time_rounds(
+    variants: dict[str, Callable[[], object]],
+    rounds: int = 5,
+    repeats: int = 1,
+    device: torch.device | None = None,
+    warmup: bool = True,
+) -> dict[str, list[float]]:
+    """Seconds per call of every variant in each of `rounds` interleaved rounds.
+
+    In each round every variant is measured once (over `repeats` calls), in an order that
+    rotates from round to round, so that drift on a shared machine hits all variants alike.
+    Compare them with `compare_rounds`.
+
+    Args:
+        variants (`dict[str, Callable]`): the callables to time.
+        rounds (`int`, defaults to 5): number of rounds.
+        repeats (`int`, defaults to 1): calls per measurement.
+        device (`torch.device`, *optional*): synchronized around measurements if CUDA.
+        warmup (`bool`, defaults to `True`): call every variant once, untimed, first.
+    """
+    names = list(variants)
+    for name in names if warmup else ():  # allocations, caches, library handles
+        variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(seconds_per_call(variants[name], repeats, device))
+    return times
+
+
+def compare_rounds(times: dict[str, list[float]], baseline: str) -> dict[str, Timing]:
+    """Each variant's `Timing` against `baseline`, from the per-round times of `time_rounds`.
+
+    The speed-up of a round is baseline time / variant time (> 1: faster than the baseline).
+    """
+    if baseline not in times:
+        raise ValueError(f"The baseline {baseline!r} must be one of the variants.")
+    result = {}
+    for name, own in times.items():
+        ratios = [b / v for b, v in zip(times[baseline], own)]
+        result[name] = Timing(
+            seconds=statistics.median(own),
+            speedup=statistics.median(ratios),
+            speedup_range=(min(ratios), max(ratios)),
+            best_speedup=min(times[baseline]) / min(own),
+        )
+    return result
 
 
 def time_side_by_side(
@@ -59,7 +122,7 @@ def time_side_by_side(
     Every variant runs once untimed and once timed as a warm-up (the timed call decides
     `drop_slower_than`); the number of calls per measurement is set so that
     the baseline's measurement lasts at least `min_time` seconds. In each round every variant
-    is measured once, in an order that rotates from round to round.
+    is measured once, in an order that rotates from round to round (`time_rounds`).
 
     Args:
         variants (`dict[str, Callable]`): the callables, including `baseline`.
@@ -80,27 +143,14 @@ def time_side_by_side(
     if baseline not in variants:
         raise ValueError(f"The baseline {baseline!r} must be one of the variants.")
     for fn in variants.values() if warmup else ():  # allocations, caches, library handles
-        _measure(fn, 1, device)
-    warm = {name: _measure(fn, 1, device) for name, fn in variants.items()}
+        seconds_per_call(fn, 1, device)
+    warm = {name: seconds_per_call(fn, 1, device) for name, fn in variants.items()}
     dropped = {
         name: Timing(t, warm[baseline] / t, (warm[baseline] / t,) * 2, warm[baseline] / t)
         for name, t in warm.items()
         if drop_slower_than is not None and t > drop_slower_than * warm[baseline]
     }
-    names = [name for name in variants if name not in dropped]
+    kept = {name: fn for name, fn in variants.items() if name not in dropped}
     repeats = max(1, min(1000, math.ceil(min_time / max(warm[baseline], 1e-9))))
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(_measure(variants[name], repeats, device))
-    result = dict(dropped)
-    for name in names:
-        ratios = [b / v for b, v in zip(times[baseline], times[name])]
-        result[name] = Timing(
-            seconds=statistics.median(times[name]),
-            speedup=statistics.median(ratios),
-            speedup_range=(min(ratios), max(ratios)),
-            best_speedup=min(times[baseline]) / min(times[name]),
-        )
-    return result
+    times = time_rounds(kept, rounds, repeats, device, warmup=False)
+    return {**dropped, **compare_rounds(times, baseline)}

@@ -1,6 +1,10 @@
-"""SNIP + ReFer combinations (hf_afr.criteria.combined), against hand-worked and numpy masks."""
+"""SNIP + ReFer combinations of the combination study (benchmarks/combined_criteria.py), against
+hand-worked and numpy masks."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +12,9 @@ import torch
 from helpers import tiny_batches, tiny_vit
 
 from hf_afr import AFRPruner, PrunerConfig, select_masks
-from hf_afr.criteria.combined import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from combined_criteria import (  # noqa: E402  (registers refer_snip_log_z)
     budget_rank_scores,
     log_sum_scores,
     log_z_scores,

@@ -1,4 +1,4 @@
-"""Combinations of SNIP and ReFer other than AFR's sum of z-scores.
+"""Combinations of SNIP and ReFer other than AFR's sum of z-scores (the combination study's).
 
 AFR adds z(ReFer) and z(SNIP) over all weights. Both scores are heavy tailed, so the top of
 AFR's ranking is mostly ReFer's and SNIP mainly reorders the bulk. The functions here combine
@@ -11,19 +11,19 @@ on a validation split carved from the training data:
 - `log_sum_scores(a, b)`: log(a) + log(b), i.e. ranking by the product (geometric mean);
 - `log_z_scores(a, b, alpha)`: z(log a) + alpha * z(log b), a mixing weight on log-scores.
 
-The criterion `refer_snip_log_z` registers the candidate that did best on validation,
-z(log ReFer) + 0.5 * z(log SNIP); it did not beat ReFer reliably (docs/science.md), and `afr`
-stays the paper's definition.
+Importing this module registers, through hf_afr's public `register_criterion`, the criterion
+`refer_snip_log_z`: the candidate that did best on validation, z(log ReFer) + 0.5 * z(log SNIP).
+It did not beat ReFer reliably (docs/science.md), so it is a benchmark criterion, not one of
+hf_afr's; `afr` stays the paper's definition.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..masks import select_masks
-from .afr import standardize
-from .gradients import accumulate_gradients, connection_sensitivity
-from .registry import register_criterion
+from hf_afr import available_criteria, register_criterion, select_masks
+from hf_afr.criteria.afr import standardize
+from hf_afr.criteria.gradients import accumulate_gradients, connection_sensitivity
 
 
 def within_tensor_ranks(scores: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,6 @@ def log_z_scores(
 LOG_Z_ALPHA = 0.5
 
 
-@register_criterion("refer_snip_log_z", needs_labels=True, reads_features=True)
 def refer_snip_log_z_scores(model, batches, params, config) -> dict[str, torch.Tensor]:
     """z(log ReFer) + 0.5 * z(log SNIP), both gradients from one shared forward pass per batch."""
     loss_grads, refer_grads = accumulate_gradients(
@@ -114,3 +113,9 @@ def refer_snip_log_z_scores(model, batches, params, config) -> dict[str, torch.T
     snip = connection_sensitivity(loss_grads, params)
     refer = connection_sensitivity(refer_grads, params)
     return log_z_scores(refer, snip, alpha=LOG_Z_ALPHA)
+
+
+if "refer_snip_log_z" not in available_criteria():  # a module loaded twice registers once
+    register_criterion("refer_snip_log_z", needs_labels=True, reads_features=True)(
+        refer_snip_log_z_scores
+    )

@@ -23,6 +23,9 @@ PRUNER_CONFIG_NAME = "pruner_config.json"  # also listed in `checkpoint.formats`
 SCOPES = ("global", "layerwise")
 FEATURE_LAYERS = ("encoder", "all")
 CONTROLS = ("shuffle", "invert", "magnitude_inside")
+STRUCTURES = ("mlp", "heads", "heads+mlp")
+GROUP_METHODS = ("afr", "snip", "refer", "fisher", "magnitude", "random")
+"""The criteria that score whole heads and MLP units (`hf_afr.structure.scores`)."""
 
 
 @dataclass

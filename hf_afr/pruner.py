@@ -208,6 +208,11 @@ class AFRPruner:
         logger.info(f"Structured pruning ({self.config.structure}):\n{self.sparsity_report()}")
         return self.masks
 
+    @property
+    def is_pruned(self) -> bool:
+        """Whether the model has masks or was pruned structurally (smaller widths)."""
+        return bool(self.masks) or is_structured(self.model.config)
+
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """Install masks (True = kept) for the prunable parameters and apply them."""
         missing = set(masks) ^ set(self.params)

@@ -81,7 +81,7 @@ _SCRIPT_HINT = (
 
 def create_model_card(
     pruner_config: PrunerConfig,
-    report: SparsityReport,
+    report: SparsityReport | None,
     card_data: PrunedCardData | None = None,
     *,
     checkpoint_format: str = "dense",
@@ -89,6 +89,7 @@ def create_model_card(
     default_name: str | None = None,
     weights_size: int | None = None,
     has_image_processor: bool = False,
+    structure: str | None = None,
 ) -> ModelCard:
     """Render the model card of a pruned checkpoint.
 
@@ -105,12 +106,15 @@ def create_model_card(
         weights_size (`int`, *optional*): size in bytes of the weights file, shown in the card.
         has_image_processor (`bool`, defaults to `False`): whether the folder holds an image
             processor; only then does the card show `pipeline(...)` as the way to load it.
+        structure (`str`, *optional*): markdown about a structurally pruned model
+            (`hf_afr.structure.report.structure_card_section`); `report` is then optional.
 
     Returns:
         `huggingface_hub.ModelCard`
     """
     check_format(checkpoint_format)
-    if not report.tensors:
+    report = report if report is not None and report.tensors else None
+    if report is None and structure is None:
         raise ValueError("The model card describes a pruned model: prune it (or load masks) first.")
     card = card_data or PrunedCardData()
     base_model = card.base_model
@@ -151,7 +155,8 @@ def create_model_card(
         load_id=repo_id or model_name,
         base_model=base_model,
         base_model_url=f"https://huggingface.co/{hub_base_model}" if hub_base_model else None,
-        sparsity=report.sparsity,
+        sparsity=report.sparsity if report else None,
+        structure_section=structure,
         method_title=title,
         method_description=description,
         control=pruner_config.control,
@@ -164,8 +169,8 @@ def create_model_card(
         reproduce_command=command,
         reproduce_language=language_tag,
         density_plot=DENSITY_PLOT_NAME,
-        sparsity_table=report.to_markdown(),
-        fully_pruned=report.fully_pruned,
+        sparsity_table=report.to_markdown() if report else "",
+        fully_pruned=report.fully_pruned if report else [],
         has_image_processor=has_image_processor,
         training_lines=[f"{key}: {value}" for key, value in (card.training or {}).items()],
         eval_lines=[
@@ -213,7 +218,7 @@ def merge_model_cards(existing: ModelCard, new: ModelCard) -> ModelCard:
 def save_model_card(
     card: ModelCard,
     save_directory: str | os.PathLike,
-    report: SparsityReport,
+    report: SparsityReport | None,
     existing: str | os.PathLike | None = None,
 ) -> str:
     """Write README.md (merged into `existing`, or the folder's own README.md) and the density plot.
@@ -227,7 +232,8 @@ def save_model_card(
     existing = existing if existing is not None else path
     if os.path.isfile(existing):
         card = merge_model_cards(ModelCard.load(existing, ignore_metadata_errors=True), card)
-    plot_density(report, os.path.join(save_directory, DENSITY_PLOT_NAME))
+    if report is not None and report.tensors:
+        plot_density(report, os.path.join(save_directory, DENSITY_PLOT_NAME))
     atomic_write_text(path, str(card))
     return path
 

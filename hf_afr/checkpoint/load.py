@@ -26,6 +26,8 @@ from ..config import PrunerConfig
 from ..files import resolve_file
 from ..masks import nonzero_where_pruned
 from ..report import SparsityReport
+from ..structure.report import is_structured
+from ..structure.slicing import sized_class
 from .compact import COMPACT_QUANT_METHOD, information_bound, read_compact_weights
 from .formats import (
     COMPACT_WEIGHTS_NAME,
@@ -80,6 +82,12 @@ def load_classifier(
         with quiet_transformers():
             if model_config.model_type in arch.vision_model_types:
                 model, info = _load_vision_tower(name_or_path, arch, kwargs)
+            elif is_structured(model_config):
+                # structurally pruned: build the per-block widths before the weights load
+                model, info = sized_class(arch.model_cls, arch.layout).from_pretrained(
+                    name_or_path, output_loading_info=True, **kwargs
+                )
+                model.__class__ = arch.model_cls
             else:
                 model, info = arch.model_cls.from_pretrained(
                     name_or_path, output_loading_info=True, **kwargs

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import PrunerConfig
 from ..files import staged_directory
 from ..report import SparsityReport
+from ..structure.report import is_structured, structure_card_section, structure_report
 from .card import create_model_card, save_model_card
 from .card_data import PrunedCardData
 from .compact import save_compact_checkpoint
@@ -88,8 +89,14 @@ def save_pruned_checkpoint(
         pruner_config.save_pretrained(staging)
         if image_processor is not None:
             image_processor.save_pretrained(staging)
-        if model_card and masks:
-            report = report or SparsityReport.from_masks(dict(masks))
+        structured = is_structured(model.config)
+        if model_card and (masks or structured):
+            report = report or (SparsityReport.from_masks(dict(masks)) if masks else None)
+            section = None
+            if structured:
+                section = structure_card_section(
+                    structure_report(model.config), pruner_config.structure
+                )
             weights_path = os.path.join(staging, weights)
             card = create_model_card(
                 pruner_config,
@@ -102,6 +109,7 @@ def save_pruned_checkpoint(
                 if os.path.isfile(weights_path)
                 else None,
                 has_image_processor=image_processor is not None or had_processor,
+                structure=section,
             )
             existing = os.path.join(save_directory, MODEL_CARD_NAME)
             save_model_card(card, staging, report, existing=existing)

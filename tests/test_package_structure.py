@@ -131,10 +131,10 @@ def private_imports(path: Path) -> list[str]:
 def test_the_private_import_finder_sees_private_names(tmp_path):
     source = tmp_path / "user.py"
     source.write_text(
-        "from hf_afr.masks import _prune_lowest, select_masks\nimport hf_afr._private.x\n"
+        "from hf_afr.masks import _private_name, select_masks\nimport hf_afr._private.x\n"
         "def f():\n    from hf_afr import AFRPruner\n"
     )
-    assert private_imports(source) == ["hf_afr.masks._prune_lowest", "hf_afr._private.x"]
+    assert private_imports(source) == ["hf_afr.masks._private_name", "hf_afr._private.x"]
 
 
 def test_scripts_and_benchmarks_import_only_public_names():

@@ -23,7 +23,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 
 import torch
 import transformers
@@ -34,8 +33,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from hf_afr import AFRPruner, PrunerConfig  # noqa: E402
 from hf_afr.checkpoint.compact import information_bound, read_compact_header  # noqa: E402
-from hf_afr.checkpoint.formats import COMPACT_WEIGHTS_NAME  # noqa: E402
-from hf_afr.checkpoint.masks_file import MASKS_NAME  # noqa: E402
+from hf_afr.checkpoint.formats import COMPACT_WEIGHTS_NAME, MASKS_NAME  # noqa: E402
+from hf_afr.inference.timing import seconds_per_call  # noqa: E402
 
 
 def vit_b16() -> ViTForImageClassification:
@@ -53,12 +52,7 @@ def vit_b16() -> ViTForImageClassification:
 
 
 def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(seconds_per_call(fn) for _ in range(repeats))
 
 
 def measure(sparsity: float, repeats: int, workdir: str) -> dict:

@@ -61,13 +61,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import combined_criteria  # noqa: E402, F401  (registers refer_snip_log_z)
 import replicate_report  # noqa: E402
 
+from hf_afr.config import CONTROLS  # noqa: E402
+
 COMBINATION = replicate_report.COMBINATION
 METHODS = (
     "dense", "random", "magnitude", "snip", "refer", "afr", "synflow", "grasp", "fisher",
     COMBINATION,
 )  # fmt: skip
 DATA_FREE = ("random", "magnitude", "synflow")
-CONTROLS = ("shuffle", "invert", "magnitude_inside")
 # Criteria that get each control in the `controls` part.
 CONTROLLED = {
     "shuffle": ("snip", "refer", "afr", "grasp", "fisher", COMBINATION),
@@ -296,7 +297,7 @@ def parse_args(argv=None):
     p.add_argument("--control_sparsities", nargs="+", type=float, default=[0.95])
     p.add_argument("--typefaces_sparsities", nargs="+", type=float, default=[0.8])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--controls", nargs="+", default=list(CONTROLS), choices=CONTROLS)
+    p.add_argument("--controls", nargs="+", default=list(CONTROLS), choices=list(CONTROLS))
     p.add_argument(
         "--ablation", action="store_true",
         help="also run refer and afr with token-mean features (main part)",

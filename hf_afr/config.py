@@ -11,18 +11,23 @@ from typing import Any
 from transformers.utils import logging
 
 from .architectures import FEATURE_TOKENS
-from .criteria import available_criteria, get_criterion
+from .criteria import criteria_help, get_criterion
 from .files import atomic_write_text, read_json_object, resolve_file
 from .masks import parse_pattern  # noqa: F401 - re-exported
 from .version import __version__
 
 logger = logging.get_logger(__name__)
 
-PRUNER_CONFIG_NAME = "pruner_config.json"  # also listed in `checkpoint.formats`
-
 SCOPES = ("global", "layerwise")
 FEATURE_LAYERS = ("encoder", "all")
-CONTROLS = ("shuffle", "invert", "magnitude_inside")
+# Sanity-check controls (Frankle et al., 2021): what each does to the criterion's masks.
+CONTROLS = {
+    "shuffle": "every tensor keeps as many weights as the criterion kept in it, at random "
+    "positions",
+    "invert": "the lowest-scored weights are kept instead of the highest",
+    "magnitude_inside": "every tensor keeps as many weights as the criterion kept in it, those "
+    "of largest magnitude",
+}
 STRUCTURES = ("mlp", "heads", "heads+mlp")
 GROUP_METHODS = ("afr", "snip", "refer", "fisher", "magnitude", "random")
 """The criteria that score whole heads and MLP units (`hf_afr.structure.scores`)."""
@@ -44,10 +49,7 @@ class PrunerConfig:
 
     method: str = field(
         default="afr",
-        metadata={
-            "help": "Pruning criterion: 'afr', 'snip', 'refer', 'grasp', 'fisher' (read scoring "
-            "batches), 'synflow', 'magnitude' or 'random' (data-free). See docs/criteria.md."
-        },
+        metadata={"help": criteria_help()},
     )
     sparsity: float | None = field(
         default=None,
@@ -187,11 +189,7 @@ class PrunerConfig:
     )
 
     def __post_init__(self) -> None:
-        methods = available_criteria()
-        if self.method not in methods:
-            raise ValueError(
-                f"Unknown pruning method {self.method!r}. Choose one of: {', '.join(methods)}."
-            )
+        get_criterion(self.method)  # an unknown method is a ValueError naming the known ones
         self._resolve_pattern_and_sparsity()
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(
@@ -213,8 +211,7 @@ class PrunerConfig:
             raise ValueError(
                 f"`synflow_iterations` must be an integer >= 1, got {self.synflow_iterations!r}."
             )
-        if self.control is not None:
-            _check_choice("control", self.control, CONTROLS)
+        check_control(self.control)
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(
                 f"`micro_batch_size` must be a positive integer or None, got {self.micro_batch_size}."
@@ -301,6 +298,8 @@ class PrunerConfig:
         """Write `pruner_config.json` (sorted keys, library version recorded) into a folder."""
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` must be a folder, but {save_directory} is a file.")
+        from .checkpoint.formats import PRUNER_CONFIG_NAME
+
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, PRUNER_CONFIG_NAME)
         atomic_write_text(path, self.to_json_string())
@@ -324,6 +323,8 @@ class PrunerConfig:
                 file itself, or a Hub repo id.
             hub_kwargs: passed to `huggingface_hub.hf_hub_download` (`revision`, `token`, ...).
         """
+        from .checkpoint.formats import PRUNER_CONFIG_NAME
+
         name_or_path = os.fspath(name_or_path)
         if os.path.isfile(name_or_path):
             path = name_or_path
@@ -339,6 +340,14 @@ def _as_float(name: str, value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"`{name}` must be a number, got {value!r}.") from None
+
+
+def check_control(control: str | None) -> None:
+    """Raise a `ValueError` unless `control` is None or a known control (`CONTROLS`)."""
+    if control is not None and control not in CONTROLS:
+        raise ValueError(
+            f"`control` must be None or one of {', '.join(map(repr, CONTROLS))}, got {control!r}."
+        )
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

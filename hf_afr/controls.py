@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import CONTROLS, PrunerConfig
-from .masks import _prune_lowest, select_masks, select_nm_masks
+from .config import PrunerConfig, check_control
+from .masks import prune_lowest, select_masks, select_nm_masks
 
 
 def controlled_masks(
@@ -29,10 +29,7 @@ def controlled_masks(
 ) -> dict[str, torch.Tensor]:
     """The masks (True = kept) of `scores` under `config`, with `config.control` applied."""
     control = config.control
-    if control is not None and control not in CONTROLS:
-        raise ValueError(
-            f"`control` must be None or one of {', '.join(map(repr, CONTROLS))}, got {control!r}."
-        )
+    check_control(control)  # again: the field may have been changed after validation
     if control == "invert":
         scores = {name: -s.float() for name, s in scores.items()}
     masks = select_masks(
@@ -76,6 +73,6 @@ def magnitude_masks_like(
     if pattern is not None:
         return select_nm_masks(magnitudes, *pattern)
     return {
-        name: _prune_lowest(magnitudes[name], int((~mask).sum())).to(mask.device)
+        name: prune_lowest(magnitudes[name], int((~mask).sum())).to(mask.device)
         for name, mask in masks.items()
     }

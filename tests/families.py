@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import torch
 import transformers as T
+from helpers import TINY_VIT
 
 from hf_afr.architectures import ARCHITECTURES
 
 FAMILIES = list(ARCHITECTURES)
-IMAGE_SIZE = 32
-_VIT = dict(
-    image_size=IMAGE_SIZE,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-)
+_VIT = TINY_VIT
+IMAGE_SIZE = _VIT["image_size"]
 _DINOV2 = {k: v for k, v in _VIT.items() if k != "intermediate_size"} | {"mlp_ratio": 2}
 _TEXT = dict(
     hidden_size=32,

@@ -5,19 +5,21 @@ from __future__ import annotations
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
+# The tests' ViT shape (every tiny family model is built on it): 2 layers, hidden 32, 2 heads,
+# MLP 64, 32x32 images in 8x8 patches.
+TINY_VIT = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+)
+
 
 def tiny_vit_config(num_labels: int = 3, **overrides) -> ViTConfig:
-    """The tests' ViT shape: 2 layers, hidden 32, 2 heads, 32x32 images in 8x8 patches."""
-    kwargs = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=num_labels,
-    )
-    return ViTConfig(**{**kwargs, **overrides})
+    """The `TINY_VIT` config with `num_labels` classes (and any field overridden)."""
+    return ViTConfig(**{**TINY_VIT, "num_labels": num_labels, **overrides})
 
 
 def tiny_vit(num_labels: int = 3, seed: int = 0, **overrides) -> ViTForImageClassification:

@@ -102,7 +102,7 @@ CASES = [
     ("argument file typo", "prune", "file_typo", "Unknown argument 'sparsty' in the argument"),
     ("resume without masks", "finetune", "resume", "has no pruning_masks.safetensors"),
     ("no image processor", "prune", "no_processor", "pass --image_processor_name"),
-    ("unknown control", "prune", ["--control", "flip"], "`control` must be one of 'shuffle'"),
+    ("unknown control", "prune", ["--control", "flip"], "or one of 'shuffle', 'invert'"),
     ("no synflow rounds", "prune", ["--synflow_iterations", "0"], "`synflow_iterations` must be"),
     (
         "synflow rounds with N:M",

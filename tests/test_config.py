@@ -6,7 +6,7 @@ from transformers import HfArgumentParser
 
 import hf_afr
 from hf_afr import AFRPruner, PrunerConfig
-from hf_afr.config import PRUNER_CONFIG_NAME
+from hf_afr.checkpoint.formats import PRUNER_CONFIG_NAME
 
 
 def test_defaults_follow_the_paper():

@@ -83,7 +83,7 @@ def test_controls_keep_an_nm_pattern(control):
 
 
 def test_unknown_control_is_a_one_line_error():
-    with pytest.raises(ValueError, match="`control` must be one of 'shuffle', 'invert'"):
+    with pytest.raises(ValueError, match="`control` must be None or one of 'shuffle', 'invert'"):
         PrunerConfig(control="flip")
     config = PrunerConfig()
     config.control = "flip"

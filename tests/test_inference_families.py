@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY_VIT
 from torch import nn
 from transformers import (
     CLIPVisionConfig,
@@ -22,9 +23,7 @@ from hf_afr import shrink
 from hf_afr.architectures import get_architecture
 from hf_afr.structure.slicing import get_submodule, transformer_layers
 
-SMALL = dict(
-    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
-)
+SMALL = {k: v for k, v in TINY_VIT.items() if k != "intermediate_size"}
 FAMILIES = {
     "deit": lambda: DeiTForImageClassification(DeiTConfig(**SMALL, intermediate_size=64)),
     "dinov2": lambda: Dinov2ForImageClassification(Dinov2Config(**SMALL, mlp_ratio=2)),

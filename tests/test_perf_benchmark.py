@@ -72,7 +72,6 @@ def test_timing_section(toy):
         assert positive(row[key]["median"]), (key, row[key])
     assert row["refer/snip"]["low"] <= row["refer/snip"]["median"] <= row["refer/snip"]["high"]
     assert len(table_rows(markdown, "toy (hidden 32, 2 layers")) == 1
-    assert "- toy, 4 x 2: ReFer/SNIP " in markdown and "stretch goal" in markdown
 
 
 def test_profile_section(toy):
@@ -110,7 +109,6 @@ def test_memory_section(toy):
     # The process's peak RSS covers the whole call: no RSS figure for a cut at the engine.
     assert rows["afr gradients"]["rss_growth"] is None
     assert len(table_rows(markdown, "4 |")) == len(ALL_MODES)
-    assert "- afr: peak / train-step peak " in markdown
 
 
 def test_upkeep_section(toy):
@@ -153,7 +151,6 @@ def test_criteria_section(toy):
         assert len(table_rows(markdown, f"{name} |")) == 1, name
     assert result["peak_memory"] == dict.fromkeys(names)  # CPU: not measured, said so
     assert markdown.count("n/a (CPU)") == len(names)
-    assert "toy (hidden 32, 2 layers" in markdown and "2 x 4 images" in markdown
 
 
 @pytest.mark.slow

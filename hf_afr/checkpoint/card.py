@@ -18,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..config import PrunerConfig
+from ..config import CONTROLS, PrunerConfig
 from ..files import atomic_path, atomic_write_text
 from ..report import SparsityReport
 from ..version import __version__
@@ -63,15 +63,6 @@ METHODS = {
     ),
     "magnitude": ("magnitude pruning", "The weights of smallest absolute value are pruned."),
     "random": ("random pruning", "Weights are pruned uniformly at random (a baseline)."),
-}
-
-# Sanity-check controls (Frankle et al., 2021): what each does to the criterion's masks.
-CONTROLS = {
-    "shuffle": "every tensor keeps as many weights as the criterion kept in it, at random "
-    "positions",
-    "invert": "the lowest-scored weights are kept instead of the highest",
-    "magnitude_inside": "every tensor keeps as many weights as the criterion kept in it, those "
-    "of largest magnitude",
 }
 
 _SCRIPT_HINT = (

@@ -9,12 +9,22 @@ Adding a criterion means adding one module that calls `register_criterion`.
 # Importing the modules registers the built-in criteria.
 from . import afr, fisher, grasp, magnitude, random, refer, snip, synflow  # noqa: E402, F401, I001
 from .afr import sum_of_z_scores
-from .registry import Criterion, ScoreFn, available_criteria, get_criterion, register_criterion
+from .registry import (
+    Criterion,
+    ScoreFn,
+    ScoringConfig,
+    available_criteria,
+    criteria_help,
+    get_criterion,
+    register_criterion,
+)
 
 __all__ = [
     "Criterion",
     "ScoreFn",
+    "ScoringConfig",
     "available_criteria",
+    "criteria_help",
     "get_criterion",
     "register_criterion",
     "sum_of_z_scores",

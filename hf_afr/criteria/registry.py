@@ -4,16 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..config import PrunerConfig
+
+class ScoringConfig(Protocol):
+    """What a criterion may read from the `PrunerConfig` it is given (a `PrunerConfig` is one)."""
+
+    method: str
+    sparsity: float
+    scope: str
+    min_density: float
+    pattern: str | None
+    feature_token: str
+    feature_layers: str
+    num_batches: int
+    micro_batch_size: int | None
+    gradient_checkpointing: bool
+    synflow_iterations: int
+    seed: int
+
 
 ScoreFn = Callable[
-    [nn.Module, Iterable[Mapping[str, Any]], dict[str, nn.Parameter], "PrunerConfig"],
+    [nn.Module, Iterable[Mapping[str, Any]], dict[str, nn.Parameter], ScoringConfig],
     dict[str, torch.Tensor],
 ]
 
@@ -67,3 +82,13 @@ def get_criterion(name: str) -> Criterion:
 def available_criteria() -> list[str]:
     """Names of all registered criteria."""
     return list(_CRITERIA)
+
+
+def criteria_help() -> str:
+    """One line naming the registered criteria, those that read scoring batches first."""
+    with_data = [repr(c.name) for c in _CRITERIA.values() if c.needs_data]
+    data_free = [repr(c.name) for c in _CRITERIA.values() if not c.needs_data]
+    return (
+        f"Pruning criterion: {', '.join(with_data)} (read scoring batches), "
+        f"{', '.join(data_free)} (data-free). See docs/criteria.md."
+    )

@@ -22,6 +22,7 @@ _LAZY_ATTRIBUTES = {
     "MaskEnforcer": ".enforcement",
     "PrunerConfig": ".config",
     "PruningMaskCallback": ".enforcement",
+    "ResumingTrainer": ".resume",
     "SparsityReport": ".report",
     "SparsityViolationError": ".enforcement",
     "apply_masks": ".masks",
@@ -43,6 +44,7 @@ __all__ = [
     "MaskEnforcer",
     "PrunerConfig",
     "PruningMaskCallback",
+    "ResumingTrainer",
     "SparsityReport",
     "SparseInferenceConfig",
     "SparsityViolationError",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .masks import apply_masks, select_masks
     from .pruner import AFRPruner
     from .report import SparsityReport
+    from .resume import ResumingTrainer
     from .targets import find_prunable_parameters
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.utils import logging
 
+from hf_afr import ResumingTrainer
 from hf_afr.distributed import check_supported_training_args
 from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
 from hf_afr.workflow.arguments import (
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         freeze_unused_parameters(pruner.model, collate_fn([dataset["train"][0]]))
         training_args.ddp_find_unused_parameters = False
     metric = load_accuracy_metric(model_args.cache_dir) if training_args.do_eval else None
-    trainer = Trainer(
+    trainer = ResumingTrainer(  # resumes through transformers' key conversion
         model=pruner.model,
         args=training_args,
         train_dataset=dataset["train"] if training_args.do_train else None,

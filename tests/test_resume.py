@@ -1,0 +1,79 @@
+"""Resuming a run: the fine-tuned weights come back (transformers 5 renamed ViT's modules while
+checkpoints keep the legacy names), and a checkpoint whose weights do not all land is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import load_script, write_image_folder
+from helpers import tiny_vit, tiny_vit_config
+from safetensors import safe_open
+from transformers import ViTForImageClassification
+
+from hf_afr.resume import load_checkpoint_weights
+from hf_afr.workflow.runner import run_script
+
+finetune = load_script("finetune")
+
+
+def test_legacy_named_checkpoint_loads_every_weight(tmp_path):
+    source = tiny_vit(seed=1)
+    source.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:  # what makes the plain load fail
+        assert any(".encoder.layer." in key for key in f.keys())  # noqa: SIM118
+    target = tiny_vit(seed=2)
+    load_checkpoint_weights(target, tmp_path)
+    expected = source.state_dict()
+    for name, tensor in target.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        (dict(intermediate_size=48), "of another shape (e.g. vit.layers.0.mlp.fc1.bias)"),
+        (dict(num_hidden_layers=3), "unknown to the model (e.g. vit.layers.2."),
+        (dict(num_hidden_layers=1), "missing from it (e.g. vit.layers.1."),
+    ],
+)
+def test_checkpoint_of_another_model_is_refused_and_nothing_changes(other, message, tmp_path):
+    ViTForImageClassification(tiny_vit_config(**other)).save_pretrained(tmp_path)
+    model = tiny_vit()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    with pytest.raises(ValueError, match="Cannot resume from") as err:
+        load_checkpoint_weights(model, tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert all(torch.equal(t, before[name]) for name, t in model.state_dict().items())
+
+
+def run(model_dir, images, out, *extra) -> None:
+    args = [
+        "--model_name_or_path", str(model_dir), "--output_dir", str(out),
+        "--train_dir", str(images / "train"), "--method", "snip", "--sparsity", "0.5",
+        "--num_batches", "1", "--scoring_batch_size", "4", "--use_cpu", "--disable_tqdm", "true",
+        "--report_to", "none", "--do_train", "--per_device_train_batch_size", "4",
+        "--max_steps", "4", "--save_steps", "2", "--learning_rate", "1e-2", "--seed", "0",
+        "--horizontal_flip", "false", *map(str, extra),
+    ]  # fmt: skip
+    assert run_script("finetune.py", finetune.main, args) == 0
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return ViTForImageClassification.from_pretrained(folder).state_dict()
+
+
+@pytest.mark.slow
+def test_resumed_run_ends_where_the_uninterrupted_one_does(tiny_vit_dir, tmp_path):
+    images = write_image_folder(tmp_path / "images", {"train": 4})
+    run(tiny_vit_dir, images, tmp_path / "whole")
+    # The run interrupted after step 2 left checkpoint-2; another folder resumes from it.
+    checkpoint = tmp_path / "whole" / "checkpoint-2"
+    run(tiny_vit_dir, images, tmp_path / "resumed", "--resume_from_checkpoint", checkpoint)
+    whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
+    at_two, pretrained = weights(checkpoint), weights(tiny_vit_dir)
+    for name, tensor in whole.items():
+        assert torch.allclose(resumed[name], tensor, rtol=0, atol=1e-3), name
+    # Not vacuous: training moved the encoder before the checkpoint and after it, by more than that.
+    encoder = [name for name in whole if ".layers." in name]
+    for earlier, later in ((pretrained, at_two), (at_two, whole)):
+        assert max((later[n] - earlier[n]).abs().max() for n in encoder) > 5e-3

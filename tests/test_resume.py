@@ -3,6 +3,8 @@ checkpoints keep the legacy names), and a checkpoint whose weights do not all la
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import load_script, write_image_folder
@@ -10,8 +12,13 @@ from helpers import tiny_vit, tiny_vit_config
 from safetensors import safe_open
 from transformers import ViTForImageClassification
 
+from hf_afr import AFRPruner
+from hf_afr.checkpoint.formats import MASKS_NAME, PRUNER_CONFIG_NAME
+from hf_afr.checkpoint.masks_file import load_masks
 from hf_afr.resume import load_checkpoint_weights
 from hf_afr.workflow.runner import run_script
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 finetune = load_script("finetune")
 
@@ -62,14 +69,22 @@ def weights(folder) -> dict[str, torch.Tensor]:
     return ViTForImageClassification.from_pretrained(folder).state_dict()
 
 
+@pytest.fixture(scope="module")
+def whole_run(tiny_vit_dir, tmp_path_factory):
+    """A 4-step run saving checkpoints at steps 2 and 4, and its images."""
+    root = tmp_path_factory.mktemp("whole-run")
+    images = write_image_folder(root / "images", {"train": 4})
+    run(tiny_vit_dir, images, root / "whole")
+    return root / "whole", images
+
+
 @pytest.mark.slow
-def test_resumed_run_ends_where_the_uninterrupted_one_does(tiny_vit_dir, tmp_path):
-    images = write_image_folder(tmp_path / "images", {"train": 4})
-    run(tiny_vit_dir, images, tmp_path / "whole")
+def test_resumed_run_ends_where_the_uninterrupted_one_does(tiny_vit_dir, whole_run, tmp_path):
+    whole_dir, images = whole_run
     # The run interrupted after step 2 left checkpoint-2; another folder resumes from it.
-    checkpoint = tmp_path / "whole" / "checkpoint-2"
+    checkpoint = whole_dir / "checkpoint-2"
     run(tiny_vit_dir, images, tmp_path / "resumed", "--resume_from_checkpoint", checkpoint)
-    whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
+    whole, resumed = weights(whole_dir), weights(tmp_path / "resumed")
     at_two, pretrained = weights(checkpoint), weights(tiny_vit_dir)
     for name, tensor in whole.items():
         assert torch.allclose(resumed[name], tensor, rtol=0, atol=1e-3), name
@@ -77,3 +92,30 @@ def test_resumed_run_ends_where_the_uninterrupted_one_does(tiny_vit_dir, tmp_pat
     encoder = [name for name in whole if ".layers." in name]
     for earlier, later in ((pretrained, at_two), (at_two, whole)):
         assert max((later[n] - earlier[n]).abs().max() for n in encoder) > 5e-3
+
+
+@pytest.mark.slow
+def test_resume_restores_the_masks_and_scores_nothing(
+    tiny_vit_dir, whole_run, tmp_path, monkeypatch
+):
+    whole_dir, _ = whole_run
+    checkpoint = whole_dir / "checkpoint-2"
+    saved = load_masks(checkpoint / MASKS_NAME)
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a resumed run scored the model")
+
+    monkeypatch.setattr(AFRPruner, "compute_scores", no_scoring)
+    monkeypatch.setattr(AFRPruner, "prune", no_scoring)
+    # Other scoring inputs: other images, another scoring batch size, another method.
+    other_images = write_image_folder(tmp_path / "other", {"train": 6}, seed=7)
+    out = tmp_path / "resumed"
+    run(
+        tiny_vit_dir, other_images, out, "--resume_from_checkpoint", checkpoint,
+        "--scoring_batch_size", "2", "--method", "magnitude", "--sparsity", "0.3",
+    )  # fmt: skip
+    resumed = load_masks(out / MASKS_NAME)
+    assert resumed.keys() == saved.keys()
+    assert all(torch.equal(resumed[name], saved[name]) for name in saved)
+    config = json.loads((out / PRUNER_CONFIG_NAME).read_text())
+    assert (config["method"], config["sparsity"]) == ("snip", 0.5)

@@ -139,14 +139,11 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _local_source(src: str, revision: str | None) -> str:
+    from .files import check_local_folder
+
+    check_local_folder(src)
     if os.path.isdir(src):
         return src
-    if os.path.exists(src):
-        raise ValueError(f"{src} is a file; expected a checkpoint folder or a Hub repository id.")
-    if src.startswith((".", "/", "~")) or src.count("/") > 1:
-        raise ValueError(
-            f"{src} does not exist: expected a checkpoint folder or a Hub repository id."
-        )
     from huggingface_hub import snapshot_download
 
     try:

@@ -26,6 +26,7 @@ from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
 from .controls import controlled_masks
 from .criteria import get_criterion
+from .files import check_local_folder
 from .hub import push_to_hub
 from .masks import apply_masks, check_scores
 from .report import SparsityReport
@@ -93,6 +94,7 @@ class AFRPruner:
                 head whose size does not match `num_labels` is replaced by a new one.
         """
         name_or_path = os.fspath(name_or_path)
+        check_local_folder(name_or_path)  # a mistyped path: not "Repo id must be in the form"
         hub_kwargs = {
             k: model_kwargs[k] for k in ("revision", "token", "cache_dir") if k in model_kwargs
         }
@@ -190,9 +192,15 @@ class AFRPruner:
 
     def sparsity_report(self) -> SparsityReport:
         """Global and per-tensor sparsity of the current masks."""
-        if not self.masks:
-            raise ValueError("The model has not been pruned yet: call `prune(batches)` first.")
+        self._check_pruned()
         return SparsityReport.from_masks(self.masks)
+
+    def _check_pruned(self) -> None:
+        if not self.masks:
+            raise ValueError(
+                "The model has not been pruned yet: call `prune(batches)` first (an unpruned "
+                "model saves with `pruner.model.save_pretrained`)."
+            )
 
     def save_pretrained(
         self,
@@ -226,6 +234,7 @@ class AFRPruner:
                 `datasets`, `accuracy`, `eval_dataset`, `command`, `training`, ...).
             kwargs: passed to `model.save_pretrained` (dense format only, e.g. `max_shard_size`).
         """
+        self._check_pruned()  # no pruner_config.json claiming a sparsity without masks
         card_kwargs = dict(model_card_kwargs or {})
         card_kwargs.setdefault("base_model", self.base_model)
         save_pruned_checkpoint(
@@ -275,6 +284,7 @@ class AFRPruner:
             >>> pruner.push_to_hub("me/vit-b16-afr90", checkpoint_format="compact", datasets="cifar10")
             ```
         """
+        self._check_pruned()
         card_kwargs.setdefault("base_model", self.base_model)
         return push_to_hub(
             self.model,

@@ -41,6 +41,7 @@ def save_pruned_checkpoint(
     image_processor: Any | None = None,
     model_card: bool = True,
     card_kwargs: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str] | None = None,
     **save_kwargs: Any,
 ) -> str:
     """Write model, pruning config, masks, image processor and model card into a folder.
@@ -55,6 +56,8 @@ def save_pruned_checkpoint(
         model_card (`bool`, defaults to `True`): write README.md and the density plot (when
             there are masks); an existing README.md is updated, not replaced.
         card_kwargs (`dict`, *optional*): passed to `create_model_card`.
+        extra_files (`dict[str, str]`, *optional*): text files (name: content) written in the
+            same staged save, e.g. a run's results, so that they land with the model or not at all.
         save_kwargs: passed to `model.save_pretrained` (dense format only).
 
     Returns:
@@ -82,12 +85,16 @@ def save_pruned_checkpoint(
                 save_masks(masks, os.path.join(staging, MASKS_NAME))
             weights = DENSE_WEIGHTS_NAME
         pruner_config.save_pretrained(staging)
+        for name, text in (extra_files or {}).items():
+            with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+                f.write(text)
         if image_processor is not None:
             image_processor.save_pretrained(staging)
         if model_card and masks:
             kwargs = dict(card_kwargs or {})
             if not kwargs.get("repo_id"):
                 kwargs.setdefault("model_name", os.path.basename(os.path.abspath(save_directory)))
+                kwargs["repo_id"] = save_directory  # the card's loading code names this folder
             if os.path.isfile(os.path.join(staging, weights)):
                 kwargs.setdefault("weights_size", os.path.getsize(os.path.join(staging, weights)))
             kwargs.setdefault("has_image_processor", image_processor is not None or had_processor)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
+from ..checkpoint.formats import PRUNER_CONFIG_NAME
 from ..files import atomic_write_text
 
 
@@ -136,6 +138,13 @@ def run_bench(args: argparse.Namespace) -> int:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: no CUDA device is available here.")
     bench_config(args)
+    if os.path.isdir(args.model) and not os.path.isfile(
+        os.path.join(args.model, PRUNER_CONFIG_NAME)
+    ):
+        print(
+            f"Note: {args.model} was not pruned by hf_afr (no {PRUNER_CONFIG_NAME}): every model "
+            "below is the same dense model; prune it first (scripts/prune.py) to see a speed-up."
+        )
     results = [bench_batch(args, b) for b in args.batch_size]
     text = format_tables(args.model, results)
     print(text)

@@ -108,6 +108,7 @@ CASES = [
     ("no dataset", "prune", "no_dataset", "Pass a dataset"),
     ("argument file typo", "prune", "file_typo", "Unknown argument 'sparsty' in the argument"),
     ("resume without masks", "finetune", "resume", "has no pruning_masks.safetensors"),
+    ("resume another model", "finetune", "resume_other", "Cannot resume from"),
     ("no image processor", "prune", "no_processor", "pass --image_processor_name"),
     ("unknown control", "prune", ["--control", "flip"], "`control` must be one of 'shuffle'"),
     ("no synflow rounds", "prune", ["--synflow_iterations", "0"], "`synflow_iterations` must be"),
@@ -135,7 +136,7 @@ CASES = [
 @pytest.mark.parametrize(("case", "script", "extra", "message"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_writes_nothing(
     case, script, extra, message, tiny_vit_dir, images, broken_images, truncated_dir,
-    tmp_path, capsys,
+    pruned_dir, tmp_path, capsys,
 ):  # fmt: skip
     out = tmp_path / "out"
     model: str | Path = tiny_vit_dir
@@ -168,6 +169,19 @@ def test_bad_input_is_one_line_and_writes_nothing(
     elif extra == "resume":
         (tmp_path / "checkpoint-1").mkdir()
         extra = ["--do_train", "--resume_from_checkpoint", str(tmp_path / "checkpoint-1")]
+    elif extra == "resume_other":  # this model's masks, but the weights of another shape
+        checkpoint = tmp_path / "checkpoint-1"
+        ViTForImageClassification(
+            tiny_vit_config(patch_size=4, intermediate_size=48)
+        ).save_pretrained(checkpoint)
+        (checkpoint / "pruning_masks.safetensors").write_bytes(
+            (pruned_dir / "pruning_masks.safetensors").read_bytes()
+        )
+        (checkpoint / "pruner_config.json").write_bytes(
+            (pruned_dir / "pruner_config.json").read_bytes()
+        )
+        extra = ["--do_train", "--max_steps", "1", "--report_to", "none"]
+        extra += ["--resume_from_checkpoint", str(checkpoint)]
     elif extra == "model_in_out":
         ViTForImageClassification(tiny_vit_config(patch_size=4)).save_pretrained(out)
         extra = []

@@ -68,6 +68,11 @@ def remove_empty_outputs() -> list[str]:
     return removed
 
 
+def forget_outputs() -> None:
+    """Forget the output folders created so far (a run ended: they are its results)."""
+    _CREATED.clear()
+
+
 def results_files(
     results: Mapping[str, Mapping[str, Any]], trainer_state: Any | None = None
 ) -> dict[str, str]:

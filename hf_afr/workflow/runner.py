@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..cli_errors import debug_requested, run_reporting_errors
-from .outputs import remove_empty_outputs
+from .outputs import forget_outputs, remove_empty_outputs
 
 
 def run_script(
@@ -30,8 +30,10 @@ def run_script(
         code = code if isinstance(code, int) else 0 if code is None else 1
         if code:  # failed or interrupted: no empty output folder is left behind
             remove_empty_outputs()
+        forget_outputs()
         return code
     except BaseException:  # --debug: the traceback, after the same clean-up
         remove_empty_outputs()
         raise
+    forget_outputs()
     return 0

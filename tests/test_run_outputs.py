@@ -7,7 +7,6 @@ import json
 
 import pytest
 from conftest import load_script, write_image_folder
-from test_bad_inputs import digest
 
 from hf_afr import ResumingTrainer
 from hf_afr.checkpoint import save as save_module
@@ -16,6 +15,10 @@ from hf_afr.workflow.runner import run_script
 finetune = load_script("finetune")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def digest(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +86,19 @@ def test_an_interrupted_run_leaves_no_empty_folder(tiny_vit_dir, images, tmp_pat
         == 130
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_rules(tmp_path):
+    from hf_afr.workflow.outputs import check_output_dir, forget_outputs
+
+    folder = tmp_path / "out"
+    check_output_dir(str(folder), overwrite=False)  # a new folder: fine
+    folder.mkdir()
+    (folder / ".DS_Store").write_text("")
+    check_output_dir(str(folder), overwrite=False)  # hidden entries do not count
+    (folder / "checkpoint-4").mkdir()
+    with pytest.raises(ValueError, match="holds training checkpoints \\(resume with"):
+        check_output_dir(str(folder), overwrite=False)
+    check_output_dir(str(folder), overwrite=False, resuming=True)
+    check_output_dir(str(folder), overwrite=True)
+    forget_outputs()

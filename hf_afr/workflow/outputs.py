@@ -22,7 +22,8 @@ _CREATED: list[str] = []  # output folders this process created (see `remove_emp
 def check_output_dir(output_dir: str, overwrite: bool, resuming: bool = False) -> None:
     """Refuse, before any work, an `output_dir` that is a file, or a folder holding files
     (another model, another run's results) unless `overwrite` or `resuming` (a resumed run
-    writes into its own folder).
+    writes into its own folder). Hidden entries (`.DS_Store`, a killed save's staging folder)
+    do not count.
 
     Raises:
         `ValueError`: one line saying what is there and how to go on.
@@ -34,7 +35,7 @@ def check_output_dir(output_dir: str, overwrite: bool, resuming: bool = False) -
     if not os.path.isdir(output_dir):
         _CREATED.append(os.path.abspath(output_dir))
         return
-    entries = sorted(os.listdir(output_dir))
+    entries = sorted(name for name in os.listdir(output_dir) if not name.startswith("."))
     if not entries or overwrite or resuming:
         return
     if "config.json" in entries or PRUNER_CONFIG_NAME in entries:

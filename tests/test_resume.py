@@ -119,3 +119,20 @@ def test_resume_restores_the_masks_and_scores_nothing(
     assert all(torch.equal(resumed[name], saved[name]) for name in saved)
     config = json.loads((out / PRUNER_CONFIG_NAME).read_text())
     assert (config["method"], config["sparsity"]) == ("snip", 0.5)
+
+
+def test_load_best_model_at_end_loads_every_weight(tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_afr import ResumingTrainer
+
+    best = tiny_vit(seed=1)
+    best.save_pretrained(tmp_path / "checkpoint-2")
+    model = tiny_vit(seed=2)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = ResumingTrainer(model=model, args=args)
+    trainer.state.best_model_checkpoint = str(tmp_path / "checkpoint-2")
+    trainer._load_best_model()  # what `load_best_model_at_end` calls
+    expected = best.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name

@@ -122,6 +122,7 @@ CASES = [
     ("output holds results", "finetune", "results_in_out", "already holds other files (e.g. all_"),
     ("output is a file", "finetune", "file_out", "is a file; pass a folder"),
     ("single-class folder", "prune", "one_class", "has one class folder ('cat')"),
+    ("single-class dataset", "prune", "one_class_dataset", "one sub-folder per class, two or"),
     ("mistyped model folder", "finetune", "typo_model", "no-such-folder does not exist"),
     ("mistyped relative folder", "prune", "typo_relative", "./no-such-model does not exist"),
     (
@@ -197,6 +198,11 @@ def test_bad_input_is_one_line_and_writes_nothing(
         for image in (images / "train" / "cat").iterdir():
             (tmp_path / "one" / "cat" / image.name).write_bytes(image.read_bytes())
         data, extra = ["--train_dir", str(tmp_path / "one")], []
+    elif extra == "one_class_dataset":  # the same folder, loaded by `datasets` itself
+        (tmp_path / "one" / "cat").mkdir(parents=True)
+        for image in (images / "train" / "cat").iterdir():
+            (tmp_path / "one" / "cat" / image.name).write_bytes(image.read_bytes())
+        data, extra = ["--dataset_name", str(tmp_path / "one")], []
     elif extra == "typo_model":
         model, extra = tmp_path / "no-such-folder", []
     elif extra == "typo_relative":

@@ -157,9 +157,15 @@ def validate_split(dataset, split: str, image_column: str, label_column: str) ->
             "set `--image_column_name`."
         )
     if label_column not in columns:
+        folder_hint = (
+            " A folder of images gets a label column only with one sub-folder per class, two or "
+            "more."
+            if columns == [image_column]
+            else ""
+        )
         raise ValueError(
             f"The {split} split has no label column {label_column!r} (columns: {columns}); "
-            "set `--label_column_name`."
+            f"set `--label_column_name`.{folder_hint}"
         )
     feature = dataset.features[label_column]
     if not isinstance(feature, ClassLabel):

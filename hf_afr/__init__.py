@@ -23,6 +23,7 @@ _LAZY_ATTRIBUTES = {
     "PrunerConfig": ".config",
     "PruningMaskCallback": ".enforcement",
     "PrunedCardData": ".checkpoint.card_data",
+    "ResumingTrainer": ".resume",
     "SparsityReport": ".report",
     "StructureReport": ".structure.report",
     "count_macs": ".structure.report",
@@ -48,6 +49,7 @@ __all__ = [
     "PrunerConfig",
     "PruningMaskCallback",
     "PrunedCardData",
+    "ResumingTrainer",
     "SparsityReport",
     "SparseInferenceConfig",
     "SparsityViolationError",
@@ -82,6 +84,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .masks import apply_masks, select_masks
     from .pruner import AFRPruner
     from .report import SparsityReport
+    from .resume import ResumingTrainer
     from .structure.report import StructureReport, count_macs, structure_report
     from .targets import find_prunable_parameters
 

@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def _bench(args: argparse.Namespace) -> None:
     import torch
 
+    from .checkpoint.formats import PRUNER_CONFIG_NAME
     from .files import atomic_write_text
     from .inference.bench import bench_batch, format_tables, results_json
     from .inference.config import KERNELS, SparseInferenceConfig
@@ -91,6 +92,13 @@ def _bench(args: argparse.Namespace) -> None:
         kernels=tuple(args.kernels or KERNELS),
         timing_rounds=args.layer_rounds,
     )
+    if os.path.isdir(args.model) and not os.path.isfile(
+        os.path.join(args.model, PRUNER_CONFIG_NAME)
+    ):
+        print(
+            f"Note: {args.model} was not pruned by hf_afr (no {PRUNER_CONFIG_NAME}): every model "
+            "below is the same dense model; prune it first (scripts/prune.py) to see a speed-up."
+        )
     load = {"device": args.device, "dtype": args.dtype, "revision": args.revision}
     results = [bench_batch(args.model, b, config, args.rounds, **load) for b in args.batch_size]
     text = format_tables(args.model, results)
@@ -160,14 +168,11 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _local_source(src: str, revision: str | None) -> str:
+    from .files import check_local_folder
+
+    check_local_folder(src)
     if os.path.isdir(src):
         return src
-    if os.path.exists(src):
-        raise ValueError(f"{src} is a file; expected a checkpoint folder or a Hub repository id.")
-    if src.startswith((".", "/", "~")) or src.count("/") > 1:
-        raise ValueError(
-            f"{src} does not exist: expected a checkpoint folder or a Hub repository id."
-        )
     from huggingface_hub import snapshot_download
 
     try:

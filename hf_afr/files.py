@@ -72,6 +72,29 @@ def check_folder_target(save_directory: str | os.PathLike) -> str:
     return save_directory
 
 
+def check_local_folder(name_or_path: str | os.PathLike) -> None:
+    """Raise a `ValueError` unless `name_or_path` is a folder or can be a Hub repository id.
+
+    A name that can only be a local path (it starts with `.`, `/` or `~`, or has more than one
+    `/`) must be an existing folder: a mistyped path is reported as a path that does not exist,
+    not as a malformed repository id.
+    """
+    name = os.fspath(name_or_path)
+    if os.path.isdir(name):
+        return
+    if os.path.exists(name):
+        raise ValueError(f"{name} is a file; expected a checkpoint folder or a Hub repository id.")
+    if (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    ):
+        raise ValueError(
+            f"{name} does not exist: expected a checkpoint folder or a Hub repository id "
+            "('org/name'); check the path."
+        )
+
+
 @contextlib.contextmanager
 def staged_directory(
     save_directory: str | os.PathLike, stale: tuple[str, ...] = ()
@@ -81,13 +104,21 @@ def staged_directory(
     Files are moved one by one with `os.replace` (atomic), weights first and `config.json` after
     them, so the folder never holds a config pointing at weights that are not fully written. Then
     the names in `stale` (glob patterns, e.g. the other format's weights) are removed. If the block
-    fails, the files of `save_directory` are left as they were.
+    fails, the files of `save_directory` are left as they were (a folder it created is removed).
     """
     save_directory = check_folder_target(save_directory)
+    created = not os.path.isdir(save_directory)
     os.makedirs(save_directory, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".hf_afr-staging-", dir=save_directory)
     try:
         yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:  # a failed save leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(save_directory)
+        raise
+    try:
         produced = sorted(os.listdir(staging), key=_commit_order)
         for name in produced:
             _make_readable(os.path.join(staging, name))

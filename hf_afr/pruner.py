@@ -26,6 +26,7 @@ from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
 from .controls import controlled_masks
 from .criteria import get_criterion
+from .files import check_local_folder
 from .hub import push_to_hub
 from .masks import apply_masks, check_scores, nonzero_where_pruned
 from .report import SparsityReport
@@ -100,6 +101,7 @@ class AFRPruner:
                 head whose size does not match `num_labels` is replaced by a new one.
         """
         name_or_path = os.fspath(name_or_path)
+        check_local_folder(name_or_path)  # a mistyped path: not "Repo id must be in the form"
         hub_kwargs = {
             k: model_kwargs[k] for k in ("revision", "token", "cache_dir") if k in model_kwargs
         }
@@ -226,9 +228,15 @@ class AFRPruner:
         without masks, its `StructureReport` (heads and units per block, parameters, MACs)."""
         if not self.masks and is_structured(self.model.config):
             return structure_report(self.model.config)
-        if not self.masks:
-            raise ValueError("The model has not been pruned yet: call `prune(batches)` first.")
+        self._check_pruned()
         return SparsityReport.from_masks(self.masks)
+
+    def _check_pruned(self) -> None:
+        if not self.is_pruned:
+            raise ValueError(
+                "The model has not been pruned yet: call `prune(batches)` first (an unpruned "
+                "model saves with `pruner.model.save_pretrained`)."
+            )
 
     def save_pretrained(
         self,
@@ -264,6 +272,7 @@ class AFRPruner:
                 `accuracy`, `eval_dataset`, `command`, `training`, ...), instead of `card_data`.
             kwargs: passed to `model.save_pretrained` (dense format only, e.g. `max_shard_size`).
         """
+        self._check_pruned()  # no pruner_config.json claiming a sparsity without masks
         save_pruned_checkpoint(
             save_directory,
             self.model,
@@ -337,6 +346,7 @@ class AFRPruner:
             >>> pruner.push_to_hub("me/vit-b16-afr90", checkpoint_format="compact", datasets="cifar10")
             ```
         """
+        self._check_pruned()
         return push_to_hub(
             self.model,
             self.masks,

@@ -25,9 +25,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.utils import logging
 
+from hf_afr import ResumingTrainer
 from hf_afr.distributed import check_supported_training_args
 from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
 from hf_afr.workflow.arguments import (
@@ -38,6 +39,7 @@ from hf_afr.workflow.arguments import (
     pruner_config,
 )
 from hf_afr.workflow.data import label_maps, load_image_dataset, prepare_splits
+from hf_afr.workflow.outputs import check_output_dir, results_files
 from hf_afr.workflow.results import (
     accuracy_metric_fn,
     load_accuracy_metric,
@@ -78,13 +80,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     hub_token, training_args.hub_token = training_args.hub_token, None
     set_seed(training_args.seed)
+    resume = training_args.resume_from_checkpoint if training_args.do_train else None
+    check_output_dir(training_args.output_dir, model_args.overwrite_output_dir, resume is not None)
 
     # Step 1: data, validated before anything is written or trained.
     with training_args.main_process_first(desc="loading the dataset"):  # one cache writer
         dataset = load_image_dataset(data_args, model_args.cache_dir, hub_token)
         dataset = prepare_splits(dataset, data_args, training_args.seed, training_args.do_eval)
     label2id, id2label = label_maps(dataset["train"], data_args.label_column_name)
-    resume = training_args.resume_from_checkpoint if training_args.do_train else None
     checkpoint = resolve_resume_checkpoint(resume, training_args.output_dir)
 
     # Step 2: model, image processor and transforms.
@@ -118,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         freeze_unused_parameters(pruner.model, collate_fn([dataset["train"][0]]))
         training_args.ddp_find_unused_parameters = False
     metric = load_accuracy_metric(model_args.cache_dir) if training_args.do_eval else None
-    trainer = Trainer(
+    trainer = ResumingTrainer(  # resumes through transformers' key conversion
         model=pruner.model,
         args=training_args,
         train_dataset=dataset["train"] if training_args.do_train else None,
@@ -129,17 +132,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         # a structurally pruned model without masks is a plain smaller dense model
         callbacks=[PruningMaskCallback.from_pruner(pruner)] if pruner.masks else [],
     )
-    metrics = {}
+    metrics, results = {}, {}  # the results files are saved with the model, in one save
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
+        results["train"] = train_result.metrics
         metrics.update(train_result.metrics)
     if training_args.do_eval:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
+        results["eval"] = eval_metrics
         metrics.update(eval_metrics)
 
     # Step 5: check the sparsity, save and push.
@@ -149,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         "mask_sparsity": pruner.sparsity_report().sparsity,
         "weight_sparsity": weight_sparsity_report(pruner).sparsity,
     }
-    trainer.save_metrics("pruning", sparsity_metrics)
+    results["pruning"] = sparsity_metrics
     if training_args.should_save:
         card = card_details(
             "finetune.py",
@@ -162,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             metrics.get("eval_accuracy"),
         )
         fmt = model_args.checkpoint_format
-        pruner.save_pretrained(training_args.output_dir, fmt, card_data=card)
+        state = trainer.state if training_args.do_train else None
+        files = results_files(results, state)
+        pruner.save_pretrained(training_args.output_dir, fmt, card_data=card, extra_files=files)
         logger.info(f"Saved the pruned model and its model card to {training_args.output_dir}.")
         if push_to_hub:
             push_pruned_model(

@@ -18,7 +18,6 @@ Errors are one line (`--debug` shows the traceback).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -26,7 +25,6 @@ from accelerate import PartialState
 from transformers import set_seed
 from transformers.utils import logging
 
-from hf_afr.files import atomic_write_text
 from hf_afr.workflow.arguments import (
     DataTrainingArguments,
     ModelArguments,
@@ -36,6 +34,7 @@ from hf_afr.workflow.arguments import (
     pruner_config,
 )
 from hf_afr.workflow.data import label_maps, load_image_dataset, prepare_splits
+from hf_afr.workflow.outputs import check_output_dir
 from hf_afr.workflow.results import push_pruned_model
 from hf_afr.workflow.runner import run_script
 from hf_afr.workflow.steps import (
@@ -63,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     state = PartialState(cpu=run_args.use_cpu)
     setup_logging(run_args.log_level, state.is_main_process, not run_args.disable_tqdm)
     set_seed(run_args.seed)
+    check_output_dir(run_args.output_dir, model_args.overwrite_output_dir)
 
     with state.main_process_first():  # one cache writer
         dataset = load_image_dataset(data_args, model_args.cache_dir, run_args.hub_token)
@@ -86,9 +86,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(report)
         card = card_details("prune.py", argv, data_args.dataset_name, model_args.model_name_or_path)
         fmt = model_args.checkpoint_format
-        pruner.save_pretrained(run_args.output_dir, fmt, card_data=card)
-        path = os.path.join(run_args.output_dir, "pruning_results.json")
-        atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(results, indent=2, sort_keys=True) + "\n"
+        files = {"pruning_results.json": text}  # saved with the model, in one save
+        pruner.save_pretrained(run_args.output_dir, fmt, card_data=card, extra_files=files)
         logger.info(f"Saved the pruned model and its model card to {run_args.output_dir}.")
         if run_args.push_to_hub:
             push_pruned_model(

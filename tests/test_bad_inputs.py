@@ -34,6 +34,13 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
+def snapshot(path: Path) -> dict[str, str] | str | None:
+    """What is at `path`: a folder's files, a file's content, or None."""
+    if path.is_file():
+        return path.read_text()
+    return digest(path) if path.is_dir() else None
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("images"), {"train": 4, "validation": 2})
@@ -101,6 +108,7 @@ CASES = [
     ("no dataset", "prune", "no_dataset", "Pass a dataset"),
     ("argument file typo", "prune", "file_typo", "Unknown argument 'sparsty' in the argument"),
     ("resume without masks", "finetune", "resume", "has no pruning_masks.safetensors"),
+    ("resume another model", "finetune", "resume_other", "Cannot resume from"),
     ("no image processor", "prune", "no_processor", "pass --image_processor_name"),
     ("unknown control", "prune", ["--control", "flip"], "or one of 'shuffle', 'invert'"),
     ("no synflow rounds", "prune", ["--synflow_iterations", "0"], "`synflow_iterations` must be"),
@@ -110,6 +118,13 @@ CASES = [
         ["--method", "synflow", "--pattern", "2:4"],
         "no N:M form",
     ),
+    ("output holds a model", "prune", "model_in_out", "already holds a model; pass --overwrite"),
+    ("output holds results", "finetune", "results_in_out", "already holds other files (e.g. all_"),
+    ("output is a file", "finetune", "file_out", "is a file; pass a folder"),
+    ("single-class folder", "prune", "one_class", "has one class folder ('cat')"),
+    ("single-class dataset", "prune", "one_class_dataset", "one sub-folder per class, two or"),
+    ("mistyped model folder", "finetune", "typo_model", "no-such-folder does not exist"),
+    ("mistyped relative folder", "prune", "typo_relative", "./no-such-model does not exist"),
     (
         "grasp with checkpointing",
         "prune",
@@ -122,7 +137,7 @@ CASES = [
 @pytest.mark.parametrize(("case", "script", "extra", "message"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_writes_nothing(
     case, script, extra, message, tiny_vit_dir, images, broken_images, truncated_dir,
-    tmp_path, capsys,
+    pruned_dir, tmp_path, capsys,
 ):  # fmt: skip
     out = tmp_path / "out"
     model: str | Path = tiny_vit_dir
@@ -155,9 +170,46 @@ def test_bad_input_is_one_line_and_writes_nothing(
     elif extra == "resume":
         (tmp_path / "checkpoint-1").mkdir()
         extra = ["--do_train", "--resume_from_checkpoint", str(tmp_path / "checkpoint-1")]
+    elif extra == "resume_other":  # this model's masks, but the weights of another shape
+        checkpoint = tmp_path / "checkpoint-1"
+        ViTForImageClassification(
+            tiny_vit_config(patch_size=4, intermediate_size=48)
+        ).save_pretrained(checkpoint)
+        (checkpoint / "pruning_masks.safetensors").write_bytes(
+            (pruned_dir / "pruning_masks.safetensors").read_bytes()
+        )
+        (checkpoint / "pruner_config.json").write_bytes(
+            (pruned_dir / "pruner_config.json").read_bytes()
+        )
+        extra = ["--do_train", "--max_steps", "1", "--report_to", "none"]
+        extra += ["--resume_from_checkpoint", str(checkpoint)]
+    elif extra == "model_in_out":
+        ViTForImageClassification(tiny_vit_config(patch_size=4)).save_pretrained(out)
+        extra = []
+    elif extra == "results_in_out":
+        out.mkdir()
+        (out / "all_results.json").write_text('{"eval_accuracy": 0.98}')
+        extra = ["--do_train"]
+    elif extra == "file_out":
+        out.write_text("notes")
+        extra = []
+    elif extra == "one_class":
+        (tmp_path / "one" / "cat").mkdir(parents=True)
+        for image in (images / "train" / "cat").iterdir():
+            (tmp_path / "one" / "cat" / image.name).write_bytes(image.read_bytes())
+        data, extra = ["--train_dir", str(tmp_path / "one")], []
+    elif extra == "one_class_dataset":  # the same folder, loaded by `datasets` itself
+        (tmp_path / "one" / "cat").mkdir(parents=True)
+        for image in (images / "train" / "cat").iterdir():
+            (tmp_path / "one" / "cat" / image.name).write_bytes(image.read_bytes())
+        data, extra = ["--dataset_name", str(tmp_path / "one")], []
+    elif extra == "typo_model":
+        model, extra = tmp_path / "no-such-folder", []
+    elif extra == "typo_relative":
+        model, extra = "./no-such-model", []
     if extra is not None:
         args = [*base_args(model, out, data), *extra]
-    before = digest(Path(tiny_vit_dir))
+    before, out_before = digest(Path(tiny_vit_dir)), snapshot(out)
     main = finetune.main if script == "finetune" else prune.main
     status = run_script(f"{script}.py", main, args)
 
@@ -168,7 +220,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert errors and errors[-1].startswith(f"{script}.py: error: "), captured.err
     assert message in errors[-1], errors[-1]
     assert sum(": error: " in line for line in errors) == 1
-    assert not out.exists()
+    assert snapshot(out) == out_before  # nothing written, nothing overwritten
     assert digest(Path(tiny_vit_dir)) == before
 
 
@@ -201,6 +253,7 @@ def test_argument_file_with_command_line_overrides(tiny_vit_dir, images, tmp_pat
     out = tmp_path / "overridden"
     for name in ("args.json", "args.yaml"):
         argv = [str(tmp_path / name), "--output_dir", str(out), "--sparsity", "0.7"]
+        argv += ["--overwrite_output_dir"]  # the second run writes into the first one's folder
         assert run_script("prune.py", prune.main, argv) == 0
         result = json.loads((out / "pruning_results.json").read_text())
         assert result["mask_sparsity"] == pytest.approx(0.7, abs=1e-3)
@@ -274,3 +327,98 @@ def test_saved_files_are_readable_by_others(tiny_vit_dir, tmp_path):
             assert set(modes.values()) == {0o644}, modes
     finally:
         os.umask(old)
+
+
+@pytest.fixture(scope="module")
+def compact_dir(pruned_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("compact") / "model"
+    assert cli_main(["compact", str(pruned_dir), str(folder)]) == 0
+    return folder
+
+
+def test_cli_compact_of_a_compact_checkpoint_says_so(compact_dir, tmp_path, capsys):
+    capsys.readouterr()
+    status = cli_main(["compact", str(compact_dir), str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1 and "is already a compact checkpoint" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def _save_before_prune(model_dir, out):
+    AFRPruner.from_pretrained(model_dir).save_pretrained(out)
+
+
+def _push_before_prune(model_dir, out):
+    AFRPruner.from_pretrained(model_dir).push_to_hub("someone/never-pruned")
+
+
+def _shrunk(model_dir):
+    from hf_afr import shrink
+
+    pruner = AFRPruner.from_pretrained(model_dir, PrunerConfig(method="magnitude"))
+    pruner.prune(show_progress=False)
+    shrink(pruner.model)
+    return pruner
+
+
+def _save_shrunk_model(model_dir, out):
+    _shrunk(model_dir).model.save_pretrained(out)
+
+
+def _save_shrunk_pruner(model_dir, out):
+    _shrunk(model_dir).save_pretrained(out)
+
+
+def _mistyped_path(model_dir, out):
+    AFRPruner.from_pretrained(Path(model_dir).parent / "no-such-model")
+
+
+# Library calls: (case id, call, expected message); each raises and writes nothing.
+LIBRARY_CASES = [
+    ("save before prune", _save_before_prune, "has not been pruned yet: call `prune(batches)`"),
+    ("push before prune", _push_before_prune, "has not been pruned yet: call `prune(batches)`"),
+    ("save a shrunk model", _save_shrunk_model, "so it cannot be saved"),
+    ("save a shrunk pruner", _save_shrunk_pruner, "so it cannot be saved"),
+    ("mistyped local path", _mistyped_path, "no-such-model does not exist"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "call", "message"), LIBRARY_CASES, ids=[c[0] for c in LIBRARY_CASES]
+)
+def test_library_bad_input_raises_one_line_and_writes_nothing(
+    case, call, message, tiny_vit_dir, tmp_path
+):
+    out = tmp_path / "out"
+    before = digest(Path(tiny_vit_dir))
+    with pytest.raises((ValueError, RuntimeError)) as err:
+        call(tiny_vit_dir, out)
+    assert message in str(err.value) and "\n" not in str(err.value).strip(), str(err.value)
+    assert not out.exists()
+    assert digest(Path(tiny_vit_dir)) == before
+
+
+def test_sparsity_zero_says_it_prunes_nothing(tiny_vit_dir, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [
+        *base_args(tiny_vit_dir, out, ["--train_dir", str(images / "train")]),
+        "--sparsity",
+        "0",
+    ]
+    assert run_script("prune.py", prune.main, args) == 0
+    assert "WARNING: --sparsity 0 prunes nothing: the saved model is the dense model" in (
+        capsys.readouterr().out
+    )
+    assert json.loads((out / "pruning_results.json").read_text())["mask_sparsity"] == 0.0
+
+
+def test_shrink_and_bench_of_a_never_pruned_model_say_so(tiny_vit_dir, tmp_path, capsys, caplog):
+    from hf_afr import shrink
+
+    model = ViTForImageClassification.from_pretrained(tiny_vit_dir)
+    with caplog.at_level("WARNING", logger="hf_afr"):
+        shrink(model)
+    assert "it was never pruned, so there is nothing to remove" in caplog.text
+    argv = ["bench", tiny_vit_dir, "--batch-size", "1", "--rounds", "1", "--layer-rounds", "1"]
+    assert cli_main([*argv, "--no-shrink", "--kernels", "dense"]) == 0
+    assert f"Note: {tiny_vit_dir} was not pruned by hf_afr" in capsys.readouterr().out

@@ -263,17 +263,21 @@ def test_registry_sections_load_with_the_presets_of_their_suites():
         registry.get_section("nope")
 
 
-def test_cli_presets_and_default_outputs():
+def test_cli_presets_and_default_outputs(capsys):
     args = driver.parse_args([])
     assert (args.preset, Path(args.output).name, args.suite) == ("full", "perf.md", "cpu")
     args = driver.parse_args(["--quick", "--sections", "profile", "memory"])
     assert (args.preset, args.output, args.sections) == ("quick", None, ["profile", "memory"])
     args = driver.parse_args(["--suite", "gpu", "--device", "cuda"])
     assert (args.preset, Path(args.output).name) == ("gpu", "perf-gpu.md")
-    with pytest.raises(SystemExit):
-        driver.parse_args(["--quick", "--preset", "full"])
-    with pytest.raises(SystemExit):
-        driver.parse_args(["--sections", "nope"])
+    for argv, message in (
+        (["--quick", "--preset", "full"], "--quick and --preset full disagree"),
+        (["--sections", "nope"], "argument --sections: invalid choice: 'nope'"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            driver.parse_args(argv)
+        assert exit_.value.code == 2  # argparse's usage error, not a crash or a success
+        assert message in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_main_writes_markdown_and_json(one_thread, tmp_path):

@@ -91,6 +91,11 @@ def compact_checkpoint(
     source_directory = os.fspath(source_directory)
     masks_file = os.path.join(source_directory, MASKS_NAME)
     config_file = os.path.join(source_directory, PRUNER_CONFIG_NAME)
+    if os.path.isfile(os.path.join(source_directory, COMPACT_WEIGHTS_NAME)):
+        raise ValueError(
+            f"{source_directory} is already a compact checkpoint ({COMPACT_WEIGHTS_NAME}); "
+            "nothing to do (`hf-afr densify` turns it back into a dense one)."
+        )
     if not os.path.isfile(masks_file) or not os.path.isfile(config_file):
         raise ValueError(
             f"{source_directory} has no {MASKS_NAME} or {PRUNER_CONFIG_NAME}: only checkpoints "

@@ -45,6 +45,7 @@ def save_pruned_checkpoint(
     model_card: bool = True,
     card_data: PrunedCardData | None = None,
     report: SparsityReport | None = None,
+    extra_files: Mapping[str, str] | None = None,
     **save_kwargs: Any,
 ) -> str:
     """Write model, pruning config, masks, image processor and model card into a folder.
@@ -60,6 +61,8 @@ def save_pruned_checkpoint(
             there are masks); an existing README.md is updated, not replaced.
         card_data (`PrunedCardData`, *optional*): what the card reports besides the pruning.
         report (`SparsityReport`, *optional*): the sparsity of `masks`, if already computed.
+        extra_files (`dict[str, str]`, *optional*): text files (name: content) written in the
+            same staged save, e.g. a run's results, so that they land with the model or not at all.
         save_kwargs: passed to `model.save_pretrained` (dense format only).
 
     Returns:
@@ -92,6 +95,9 @@ def save_pruned_checkpoint(
                 save_masks(masks, os.path.join(staging, MASKS_NAME))
             weights = DENSE_WEIGHTS_NAME
         pruner_config.save_pretrained(staging)
+        for name, text in (extra_files or {}).items():
+            with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+                f.write(text)
         if image_processor is not None:
             image_processor.save_pretrained(staging)
         structured = is_structured(model.config)
@@ -102,6 +108,9 @@ def save_pruned_checkpoint(
                 section = structure_card_section(
                     structure_report(model.config), pruner_config.structure
                 )
+            if card_data is None or card_data.repo_id is None:
+                # the card's loading code names this folder as it was written
+                card_data = (card_data or PrunedCardData()).replace(repo_id=save_directory)
             weights_path = os.path.join(staging, weights)
             card = create_model_card(
                 pruner_config,

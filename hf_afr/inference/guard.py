@@ -29,14 +29,25 @@ def _refuse_saving(module: nn.Module, prefix: str, keep_vars: bool) -> None:
     raise InferenceOnlyError(SAVING_ERROR)
 
 
+def _refuse_save_pretrained(*args, **kwargs) -> None:
+    raise InferenceOnlyError(SAVING_ERROR)
+
+
 def mark_inference_only(model: nn.Module) -> None:
-    """Freeze `model` and make a forward pass in training mode, or `state_dict()`, raise."""
+    """Freeze `model` and make a forward pass in training mode, or `state_dict()`, raise.
+
+    `save_pretrained` and `push_to_hub` raise before writing anything (transformers would write
+    `config.json` first and fail at the weights, leaving a folder that does not load).
+    """
     model.eval()
     model.requires_grad_(False)
     if getattr(model, "_hf_afr_inference_only", False):
         return
     model.register_forward_pre_hook(_refuse_training)
     model.register_state_dict_pre_hook(_refuse_saving)
+    for method in ("save_pretrained", "push_to_hub"):
+        if hasattr(model, method):
+            setattr(model, method, _refuse_save_pretrained)  # on this instance only
     model._hf_afr_inference_only = True
 
 

@@ -345,6 +345,11 @@ def shrink(
     """
     if masks is not None:
         check_masks(model, masks)
+    if not any(bool((m.weight == 0).any()) for m in model.modules() if isinstance(m, nn.Linear)):
+        logger.warning(
+            f"shrink: no weight of this {type(model).__name__} is zero: it was never pruned, so "
+            "there is nothing to remove (prune it with hf_afr.AFRPruner first)."
+        )
     model.eval()
     report = ShrinkReport()
     attention = _attention_modules(model)

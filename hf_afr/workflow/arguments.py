@@ -64,6 +64,13 @@ class ModelArguments:
             "checkpoint with zeros, plus the masks) or 'compact' (bitmask + nonzero values)."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into an `output_dir` that already holds files (another model, another "
+            "run's results); without it such a folder is refused before any work."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_format(self.checkpoint_format)

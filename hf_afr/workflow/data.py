@@ -128,6 +128,14 @@ def _check_image_folder(folder: str, split: str) -> None:
             f"The {split} folder {folder!r} is empty (no images): an imagefolder needs one sub-folder of "
             "images per class."
         )
+    relative = [os.path.relpath(path, folder) for path in images]
+    classes = sorted({rel.split(os.sep)[0] for rel in relative if os.sep in rel})
+    if len(classes) < 2:
+        where = f"one class folder ({classes[0]!r})" if classes else "no class sub-folder"
+        raise ValueError(
+            f"The {split} folder {folder!r} has {where}: an imagefolder needs one sub-folder "
+            "of images per class, and at least two classes to learn."
+        )
     for path in images:
         try:
             with Image.open(path) as image:
@@ -149,9 +157,15 @@ def validate_split(dataset, split: str, image_column: str, label_column: str) ->
             "set `--image_column_name`."
         )
     if label_column not in columns:
+        folder_hint = (
+            " A folder of images gets a label column only with one sub-folder per class, two or "
+            "more."
+            if columns == [image_column]
+            else ""
+        )
         raise ValueError(
             f"The {split} split has no label column {label_column!r} (columns: {columns}); "
-            "set `--label_column_name`."
+            f"set `--label_column_name`.{folder_hint}"
         )
     feature = dataset.features[label_column]
     if not isinstance(feature, ClassLabel):

@@ -69,13 +69,18 @@ def training_settings(args: TrainingArguments, num_train_examples: int) -> dict[
         "training examples": f"{num_train_examples:,}",
         "length": length,
         "effective batch size": batch,
-        "optimizer": f"{args.optim} (learning rate {args.learning_rate:g}, weight decay "
+        "optimizer": f"{_value(args.optim)} (learning rate {args.learning_rate:g}, weight decay "
         f"{args.weight_decay:g})",
-        "schedule": f"{args.lr_scheduler_type} with warmup {args.warmup_steps:g}",
+        "schedule": f"{_value(args.lr_scheduler_type)} with warmup {args.warmup_steps:g}",
         "precision": precision,
         "seed": args.seed,
         "masks": "kept exact by hf_afr's PruningMaskCallback (pruned weights stay zero)",
     }
+
+
+def _value(option: Any) -> Any:
+    """An enum option as the value a user types (`adamw_torch_fused`, not `OptimizerNames.X`)."""
+    return getattr(option, "value", option)
 
 
 def push_pruned_model(

@@ -10,12 +10,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..cli_errors import debug_requested, run_reporting_errors
+from .outputs import forget_outputs, remove_empty_outputs
 
 
 def run_script(
     prog: str, main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
 ) -> int:
-    """Call `main(argv)` (without `--debug`); print a failure as one line, return the exit code."""
+    """Call `main(argv)` (without `--debug`); print a failure as one line, return the exit code.
+
+    After a failure, the output folders the run created and left empty are removed.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [arg for arg in argv if arg != "--debug"]
@@ -23,5 +27,13 @@ def run_script(
         run_reporting_errors(prog, lambda: main(argv), debug)
     except SystemExit as exit_:
         code = exit_.code
-        return code if isinstance(code, int) else 0 if code is None else 1
+        code = code if isinstance(code, int) else 0 if code is None else 1
+        if code:  # failed or interrupted: no empty output folder is left behind
+            remove_empty_outputs()
+        forget_outputs()
+        return code
+    except BaseException:  # --debug: the traceback, after the same clean-up
+        remove_empty_outputs()
+        raise
+    forget_outputs()
     return 0

@@ -196,6 +196,11 @@ def score_and_prune(
     pruner.prune(loader, show_progress=show_progress)
     if pruner.masks:  # structured pruning leaves none: every process chose the same groups
         pruner.set_masks(broadcast_masks(pruner.masks))
+    if config.sparsity == 0:
+        logger.warning(
+            "--sparsity 0 prunes nothing: the saved model is the dense model (a baseline), with "
+            "masks that keep every weight. Pass e.g. --sparsity 0.9 to prune 90% of the weights."
+        )
     return pruner.masks
 
 

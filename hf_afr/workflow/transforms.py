@@ -24,16 +24,33 @@ logger = logging.get_logger("hf_afr.scripts")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode as RGB: grayscale is replicated, transparency composited on white."""
+    """Any PIL mode as 8-bit RGB.
+
+    Grayscale is replicated into the three channels; 16-bit images (`I;16*`, and `I` holding
+    values above 255, as 16-bit PNGs open) are scaled to 8 bits (`round(v * 255 / 65535)`), not
+    clipped; transparency (an alpha band, or a palette or grayscale image with a transparent
+    colour) is composited on white; every other mode is converted by PIL.
+    """
     if image.mode == "RGB":
         return image
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
+    if image.mode.startswith("I"):
+        image = _as_8_bit(image)
+    if image.mode == "P" or "transparency" in image.info or {"A", "a"} & set(image.getbands()):
+        rgba = image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def _as_8_bit(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit integer grayscale image as "L": 16-bit values scaled, 8-bit ones kept."""
+    values = np.asarray(image).astype(np.float64)
+    scale = 255 / 65535 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 1
+    scaled = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+    if "transparency" in image.info:  # a transparent grey level, scaled alike
+        scaled.info["transparency"] = round(image.info["transparency"] * scale)
+    return scaled
 
 
 def undecoded(dataset, image_column: str):

@@ -29,6 +29,7 @@ from .formats import (
 )
 from .load import quiet_transformers
 from .masks_file import save_masks
+from .portable import write_portable_files
 
 
 def save_pruned_checkpoint(
@@ -80,6 +81,7 @@ def save_pruned_checkpoint(
                 model.save_pretrained(staging, **save_kwargs)
             if masks:
                 save_masks(masks, os.path.join(staging, MASKS_NAME))
+            write_portable_files(staging, model)  # structured: loads without hf_afr too
             weights = DENSE_WEIGHTS_NAME
         pruner_config.save_pretrained(staging)
         if image_processor is not None:

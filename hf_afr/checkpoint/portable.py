@@ -1,0 +1,134 @@
+"""Structured checkpoints that load with and without hf_afr.
+
+A structurally pruned model saved in the dense format gets two additions to its folder:
+
+- `modeling_hf_afr_structured.py`: `hf_afr/structure/slicing.py` copied verbatim (it imports
+  only torch and transformers) followed by one small class, `Structured<Family class>`, a
+  subclass of the family's transformers class that gives itself the per-layer widths of its
+  config in `__init__`. `config.json`'s `auto_map` names it, so that
+  `AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)` and
+  `pipeline("image-classification", model=folder, trust_remote_code=True)` work without hf_afr.
+- `quantization_config = {"quant_method": "hf_afr_structured"}` in `config.json`: with hf_afr
+  installed, plain `from_pretrained(folder)` (no remote code) goes through hf_afr's loader
+  (`hf_afr.checkpoint.structured_loader`), which narrows the model the same way before the
+  weights are read. The remote class removes this marker before loading, so plain transformers
+  never sees an unknown quantization method.
+
+A compact checkpoint of a structured model needs hf_afr anyway (its weights are encoded): its
+own `quantization_config` routes it to the compact loader, which also applies the widths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+from typing import Any
+
+from torch import nn
+
+from ..architectures import get_architecture
+from ..files import atomic_write_text
+from ..structure import slicing
+from ..version import __version__
+from .formats import CONFIG_NAME, REMOTE_CODE_NAME
+from .widths import LAYER_HEADS_KEY, LAYER_UNITS_KEY, config_widths
+
+STRUCTURED_QUANT_METHOD = "hf_afr_structured"
+AUTO_CLASS = "AutoModelForImageClassification"
+
+_LOADER = '''
+
+# --------------------------------------------------------------------------- the model class
+# Written by hf_afr {version}. Everything above is hf_afr/structure/slicing.py verbatim; below is
+# the class that `auto_map` in config.json names, so that this folder loads with
+# `{auto_class}.from_pretrained(folder, trust_remote_code=True)` where hf_afr is not installed.
+
+import transformers as _transformers  # noqa: E402
+
+_LAYOUT = BlockLayout(**{layout})
+_WIDTH_KEYS = ({heads_key!r}, {units_key!r})
+_MARKER = {marker!r}
+
+
+class {class_name}(_transformers.{base_name}):
+    """`{base_name}` whose blocks have the per-layer widths of its config.
+
+    `config.{heads_key}[i]` heads and `config.{units_key}[i]` MLP units in block i; the
+    weights then load into the narrowed model as saved (nothing is re-expanded).
+    """
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        heads, units = (getattr(config, key, None) for key in _WIDTH_KEYS)
+        if heads is not None and units is not None:
+            set_widths(self, _LAYOUT, heads, units)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        config = kwargs.get("config")
+        marker = getattr(config, "quantization_config", None)
+        if isinstance(marker, dict) and marker.get("quant_method") == _MARKER:
+            del config.quantization_config  # routes hf_afr's own loader; not needed here
+        return super().from_pretrained(*args, **kwargs)
+'''
+
+
+def remote_class_name(model_or_config: Any) -> str:
+    """`Structured<Family classifier>`, the class the remote code defines."""
+    return f"Structured{get_architecture(model_or_config).model_class}"
+
+
+def remote_code_source(model_or_config: Any) -> str:
+    """The self-contained modeling file of a structured checkpoint of this family."""
+    arch = get_architecture(model_or_config)
+    layout = {k: v for k, v in dataclasses.asdict(arch.layout).items()}
+    return inspect.getsource(slicing).rstrip("\n") + _LOADER.format(
+        version=__version__,
+        auto_class=AUTO_CLASS,
+        layout=repr(layout),
+        heads_key=LAYER_HEADS_KEY,
+        units_key=LAYER_UNITS_KEY,
+        marker=STRUCTURED_QUANT_METHOD,
+        class_name=remote_class_name(arch.model_type),
+        base_name=arch.model_class,
+    )
+
+
+def structured_config_entries(model: nn.Module) -> dict[str, Any]:
+    """What `config.json` of a dense-format structured checkpoint adds: `auto_map` and marker."""
+    return {
+        "auto_map": {
+            AUTO_CLASS: f"{REMOTE_CODE_NAME.removesuffix('.py')}.{remote_class_name(model)}"
+        },
+        "quantization_config": {"quant_method": STRUCTURED_QUANT_METHOD},
+    }
+
+
+def write_portable_files(folder: str | os.PathLike, model: nn.Module) -> bool:
+    """Make a dense-format folder of a structured model load with and without hf_afr.
+
+    Writes the modeling file and adds `auto_map` and the loader marker to `config.json` (each
+    file atomically). A dense model's folder is left as it is.
+
+    Returns:
+        `bool`: whether the model is structured (and the files were written).
+    """
+    if config_widths(model.config) is None:
+        return False
+    folder = os.fspath(folder)
+    atomic_write_text(os.path.join(folder, REMOTE_CODE_NAME), remote_code_source(model))
+    config_path = os.path.join(folder, CONFIG_NAME)
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    config.update(structured_config_entries(model))
+    atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def is_structured_marker(quantization_config: Any) -> bool:
+    """Whether a config's `quantization_config` is the structured loader's marker."""
+    if quantization_config is not None and not isinstance(quantization_config, dict):
+        quantization_config = quantization_config.to_dict()
+    return (quantization_config or {}).get("quant_method") == STRUCTURED_QUANT_METHOD

@@ -32,7 +32,7 @@ import torch
 import transformers
 from torch import nn
 
-from .structure.slicing import BlockLayout
+from .structure.slicing import BlockLayout, sized_class
 
 FEATURE_TOKENS = ("auto", "cls", "mean", "patch_mean", "cls_patch_mean")
 """`PrunerConfig.feature_token` choices; see `token_feature`."""
@@ -308,6 +308,12 @@ def load_family_classifier(
     arch = get_architecture(model_config)
     if model_config.model_type in arch.vision_model_types:
         model, info = _load_vision_tower(name_or_path, arch, dict(model_kwargs))
+    elif getattr(model_config, "layer_num_attention_heads", None) is not None:
+        # structurally pruned: build the per-block widths before the weights load
+        model, info = sized_class(arch.model_cls, arch.layout).from_pretrained(
+            name_or_path, output_loading_info=True, **model_kwargs
+        )
+        model.__class__ = arch.model_cls
     else:
         model, info = arch.model_cls.from_pretrained(
             name_or_path, output_loading_info=True, **model_kwargs

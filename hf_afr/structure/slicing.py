@@ -201,3 +201,21 @@ def set_widths(
     for block, n_heads, n_units in zip(blocks, heads, units):
         keep_heads(block, layout, range(int(n_heads)))
         keep_units(block, layout, range(int(n_units)))
+
+
+def sized_class(cls: type[nn.Module], layout: BlockLayout) -> type[nn.Module]:
+    """A subclass of `cls` whose `__init__` gives each block the widths its config records.
+
+    The config lists (`layer_num_attention_heads`, `layer_intermediate_sizes`, one entry per
+    `transformer_layers` block) are applied right after `cls.__init__`, so `from_pretrained`
+    loads a pruned checkpoint into the right shapes with transformers' own loading (key renames
+    included). Put the loaded model back into `cls` afterwards: `model.__class__ = cls`.
+    """
+
+    def __init__(self, config, *args, **kwargs):
+        cls.__init__(self, config, *args, **kwargs)
+        heads = getattr(config, "layer_num_attention_heads", None)
+        if heads is not None:
+            set_widths(self, layout, heads, config.layer_intermediate_sizes)
+
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})

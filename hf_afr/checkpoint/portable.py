@@ -125,10 +125,3 @@ def write_portable_files(folder: str | os.PathLike, model: nn.Module) -> bool:
     config.update(structured_config_entries(model))
     atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return True
-
-
-def is_structured_marker(quantization_config: Any) -> bool:
-    """Whether a config's `quantization_config` is the structured loader's marker."""
-    if quantization_config is not None and not isinstance(quantization_config, dict):
-        quantization_config = quantization_config.to_dict()
-    return (quantization_config or {}).get("quant_method") == STRUCTURED_QUANT_METHOD

@@ -24,10 +24,10 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..architectures import get_architecture
+from ..structure.report import HEADS_KEY as LAYER_HEADS_KEY
+from ..structure.report import UNITS_KEY as LAYER_UNITS_KEY
 from ..structure.slicing import get_submodule, layer_widths, set_widths, transformer_layers
 
-LAYER_HEADS_KEY = "layer_num_attention_heads"
-LAYER_UNITS_KEY = "layer_intermediate_sizes"
 WIDTH_KEYS = (LAYER_HEADS_KEY, LAYER_UNITS_KEY)
 
 
@@ -67,11 +67,6 @@ def config_widths(config: Any) -> tuple[list[int], list[int]] | None:
             f"MLP widths (`{LAYER_UNITS_KEY}`); both need one entry per transformer block."
         )
     return heads, units
-
-
-def is_structured(config: Any) -> bool:
-    """Whether a config (or a dict of one) records per-layer widths."""
-    return config_widths(config) is not None
 
 
 def record_widths(model: nn.Module) -> tuple[list[int], list[int]]:

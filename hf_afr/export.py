@@ -62,9 +62,14 @@ def image_shape(config: Any) -> tuple[int, int, int]:
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime CPU session for `path` (`threads`: intra-op threads; default: ORT's)."""
+    """An ONNX Runtime CPU session for `path` (`threads`: intra-op threads; default: ORT's).
+
+    Its threads sleep between runs instead of spinning (ORT's default), so that PyTorch code
+    running between two calls, such as a side-by-side timing, gets the cores.
+    """
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])

@@ -22,6 +22,7 @@ from .checkpoint.formats import MODEL_CARD_NAME, check_format, other_format_file
 from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
 from .report import SparsityReport
+from .structure.report import is_structured
 
 
 def push_to_hub(
@@ -66,15 +67,18 @@ def push_to_hub(
         OSError: if the Hub refuses the upload (the message says why; local files are untouched).
     """
     check_format(checkpoint_format)
-    if not masks:
+    structured = is_structured(model.config)
+    if not masks and not structured:
         raise ValueError("Nothing pruned yet: call `pruner.prune(batches)` before pushing.")
     api = HfApi()
     repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
     card_kwargs.setdefault("repo_id", repo_id)
     card_kwargs.setdefault("model_name", repo_id.split("/")[-1])
-    report = SparsityReport.from_masks(dict(masks))
+    pruned = ["structurally pruned"] if structured else []
+    if masks:
+        pruned.append(f"{SparsityReport.from_masks(dict(masks)).sparsity:.1%} sparse")
     commit_message = commit_message or (
-        f"Upload {pruner_config.method} {report.sparsity:.1%} sparse {type(model).__name__} "
+        f"Upload {pruner_config.method} {', '.join(pruned)} {type(model).__name__} "
         f"({checkpoint_format} checkpoint, hf_afr)"
     )
     with tempfile.TemporaryDirectory(prefix="hf_afr-push-") as workdir:

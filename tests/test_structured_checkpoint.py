@@ -229,3 +229,17 @@ def test_every_family_loads_without_hf_afr_through_remote_code(tmp_path):
     expected = int(logits(models["vit"], pixel_values).argmax())
     assert results["models"]["vit"]["pipeline_label"] == models["vit"].config.id2label[expected]
     assert results["models"]["vit"]["trained"] is True
+
+
+def test_the_card_says_how_to_load_both_ways(tmp_path):
+    processor = tiny_image_processor("vit")
+    model = structured_classifier("vit")
+    save_pruned_checkpoint(
+        tmp_path / "tiny-s", model, {}, PrunerConfig(), image_processor=processor
+    )
+    card = (tmp_path / "tiny-s" / "README.md").read_text()
+    assert 'model = AutoModelForImageClassification.from_pretrained("tiny-s")' in card
+    assert 'pipeline("image-classification", model="tiny-s", trust_remote_code=True)' in card
+    assert "| vit.layers.1 | 3/4 | 6/64 |" in card  # per-layer widths
+    assert f"| parameters | 24,003 | {count_parameters(model):,} |" in card
+    assert "zeros in the pruned places" not in card and "restore them with the pruner" not in card

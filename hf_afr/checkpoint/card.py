@@ -105,6 +105,7 @@ def create_model_card(
     has_image_processor: bool = False,
     training: Mapping[str, Any] | None = None,
     structure: str | None = None,
+    loading_section: str | None = None,
 ) -> ModelCard:
     """Render the model card of a pruned checkpoint.
 
@@ -132,6 +133,9 @@ def create_model_card(
             e.g. `{"epochs": 8, "learning rate": 0.001}`).
         structure (`str`, *optional*): markdown about a structurally pruned model
             (`hf_afr.structure.report.structure_card_section`); masks are then optional.
+        loading_section (`str`, *optional*): markdown replacing the dense format's loading
+            instructions (`hf_afr.checkpoint.portable.loading_card_section` for structured
+            checkpoints, which load with and without hf_afr).
 
     Returns:
         `huggingface_hub.ModelCard`
@@ -176,6 +180,7 @@ def create_model_card(
         base_model_url=f"https://huggingface.co/{hub_base_model}" if hub_base_model else None,
         sparsity=report.sparsity if report else None,
         structure_section=structure,
+        loading_section=loading_section,
         method_title=title,
         method_description=description,
         control=pruner_config.control,

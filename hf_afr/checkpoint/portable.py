@@ -125,3 +125,56 @@ def write_portable_files(folder: str | os.PathLike, model: nn.Module) -> bool:
     config.update(structured_config_entries(model))
     atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return True
+
+
+def loading_card_section(load_id: str, has_image_processor: bool, has_masks: bool = False) -> str:
+    """The model card's loading instructions for a dense-format structured checkpoint.
+
+    Args:
+        load_id (`str`): the Hub id (or folder) the code snippets load.
+        has_image_processor (`bool`): whether the folder holds an image processor (then the
+            `pipeline` lines are shown).
+        has_masks (`bool`, defaults to `False`): whether masks of individual weights are stored
+            beside it (a structured model that is also sparse).
+    """
+    without = (
+        f'classifier = pipeline("image-classification", model="{load_id}", trust_remote_code=True)'
+        if has_image_processor
+        else f'model = {AUTO_CLASS}.from_pretrained("{load_id}", trust_remote_code=True)'
+    )
+    imports = "pipeline" if has_image_processor else AUTO_CLASS
+    masks = (
+        " The masks of the individual weights pruned inside it are stored beside it "
+        "(`pruning_masks.safetensors`)."
+        if has_masks
+        else ""
+    )
+    return "\n".join(
+        [
+            "A smaller dense transformers checkpoint: every block keeps its own number of "
+            "attention heads and MLP hidden units, recorded in `config.json` "
+            f"(`{LAYER_HEADS_KEY}`, `{LAYER_UNITS_KEY}`). It loads into the small model "
+            f"(no weight is re-expanded) in two ways.{masks}",
+            "",
+            "With hf_afr installed, plain transformers:",
+            "",
+            "```python",
+            "import hf_afr  # registers the loader of per-layer widths with transformers",
+            f"from transformers import {AUTO_CLASS}",
+            "",
+            f'model = {AUTO_CLASS}.from_pretrained("{load_id}")',
+            "```",
+            "",
+            f"Without hf_afr: the folder carries its own loader (`{REMOTE_CODE_NAME}`, which "
+            "needs only torch and transformers), allowed with `trust_remote_code=True`:",
+            "",
+            "```python",
+            f"from transformers import {imports}",
+            "",
+            without,
+            "```",
+            "",
+            f"ONNX (dynamic batch, checked against PyTorch): `hf-afr export {load_id} --format "
+            f"onnx --output {load_id.split('/')[-1]}-onnx`.",
+        ]
+    )

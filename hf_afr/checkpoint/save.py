@@ -30,7 +30,7 @@ from .formats import (
 )
 from .load import quiet_transformers
 from .masks_file import save_masks
-from .portable import write_portable_files
+from .portable import loading_card_section, write_portable_files
 
 
 def save_pruned_checkpoint(
@@ -98,6 +98,10 @@ def save_pruned_checkpoint(
             if os.path.isfile(os.path.join(staging, weights)):
                 kwargs.setdefault("weights_size", os.path.getsize(os.path.join(staging, weights)))
             kwargs.setdefault("has_image_processor", image_processor is not None or had_processor)
+            if structured and checkpoint_format == "dense":
+                load_id = kwargs.get("repo_id") or kwargs["model_name"]
+                section = loading_card_section(load_id, kwargs["has_image_processor"], bool(masks))
+                kwargs.setdefault("loading_section", section)
             kwargs["tags"] = [model.config.model_type, *(kwargs.get("tags") or [])]
             card = create_model_card(
                 pruner_config, masks, checkpoint_format=checkpoint_format, **kwargs

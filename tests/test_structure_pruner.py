@@ -126,3 +126,13 @@ def test_individual_weights_of_what_remains_are_pruned_by_a_second_pruner(tmp_pa
     assert again.masks.keys() == masks.keys()
     assert "## Structure" in (tmp_path / "both" / "README.md").read_text()
     assert structure_report(again.model.config).heads_after == [4, 4]
+
+
+def test_a_structured_model_without_masks_is_saved_dense(tmp_path):
+    model = tiny_classifier("vit", num_attention_heads=4)
+    pruner = AFRPruner(model, PrunerConfig(method="random", structure="mlp", sparsity=0.3))
+    pruner.prune()
+    with pytest.raises(ValueError, match="checkpoint_format='dense'"):
+        pruner.save_pretrained(tmp_path / "c", checkpoint_format="compact")
+    with pytest.raises(ValueError, match="already pruned structurally"):
+        pruner.prune()

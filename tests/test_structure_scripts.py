@@ -48,3 +48,22 @@ def test_prune_then_finetune_a_structurally_pruned_model(tiny_vit_dir, image_fol
     assert all(before[n].shape == p.shape for n, p in after.items())
     assert any(not torch.equal(before[n], p) for n, p in after.items())  # it trained
     assert "## Structure" in (out / "README.md").read_text()
+
+
+def test_the_speed_benchmark_writes_its_table(tmp_path):
+    speed = load_script("../benchmarks/structured_speed")
+    text = speed.main(["--quick", "--output", str(tmp_path / "speed.md")])
+    assert (tmp_path / "speed.md").read_text() == text
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| inference") or line.startswith("| fine")
+    ]
+    assert [row.split("|")[2].strip() for row in rows] == [
+        "dense",
+        "heads+mlp 50%",
+        "heads+mlp 75%",
+        "dense",
+        "heads+mlp 50%",
+    ]
+    assert ">= 1.8x" in rows[1] and ">= 3.0x" in rows[2] and ">= 1.7x" in rows[4]

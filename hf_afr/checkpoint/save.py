@@ -70,6 +70,11 @@ def save_pruned_checkpoint(
             f"Options {sorted(save_kwargs)} only apply to the dense checkpoint format."
         )
     if checkpoint_format == "compact" and not masks:
+        if is_structured(model.config):
+            raise ValueError(
+                "A structurally pruned model without masks is already small: save it with "
+                "checkpoint_format='dense' (the compact format stores masks)."
+            )
         raise ValueError("A compact checkpoint stores the masks: call `prune(batches)` first.")
     save_directory = os.fspath(save_directory)
     had_processor = os.path.isfile(os.path.join(save_directory, IMAGE_PROCESSOR_NAME))

@@ -23,6 +23,7 @@ warning) if they differ; blocks whose layout is not understood are skipped with 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 from transformers.utils import logging
 
 from ..architectures import get_architecture
-from ..structure.slicing import transformer_layers
+from ..structure.slicing import BlockLayout, keep_heads, keep_units, transformer_layers
 from .attention import (
     AttentionNames,
     ShrunkAttentionMixin,
@@ -47,6 +48,7 @@ from .report import BlockShrink, ShrinkReport
 logger = logging.get_logger(__name__)
 
 FilterFn = Callable[[nn.Module, str], bool]
+_MLP_LAYOUT = BlockLayout(fc1="fc1", fc2="fc2")
 
 
 def _take(tensor: torch.Tensor | None, index: torch.Tensor, dim: int) -> torch.Tensor | None:
@@ -82,6 +84,22 @@ def _empty_cols(weight: torch.Tensor) -> torch.Tensor:
     return ~weight.ne(0).any(dim=0)
 
 
+def _set_bias(linear: nn.Linear, bias: torch.Tensor) -> None:
+    """Give `linear` this (float64-computed) bias, adding a bias parameter if it had none."""
+    if linear.bias is None:
+        linear.bias = nn.Parameter(bias.to(linear.weight.dtype), requires_grad=False)
+    else:
+        linear.bias.copy_(bias)
+
+
+def _zero_group(rows: nn.Linear, cols: nn.Linear, index) -> None:
+    """Zero the output rows `index` of `rows` (and bias) and the input columns of `cols`."""
+    rows.weight[index] = 0
+    if rows.bias is not None:
+        rows.bias[index] = 0
+    cols.weight[:, index] = 0
+
+
 def _macs(*layers: nn.Linear) -> int:
     return sum(layer.in_features * layer.out_features for layer in layers)
 
@@ -100,12 +118,12 @@ def shrink_mlp(module: nn.Module, name: str = "") -> BlockShrink | None:
     constants = act(b1[folded]).double()
     b2 = fc2.bias.double() if fc2.bias is not None else constants.new_zeros(fc2.out_features)
     b2 = b2 + fc2.weight[:, folded].double() @ constants
-    index = keep.nonzero().squeeze(1)
-    if index.numel() == 0:  # keep one all-zero unit so that every shape stays valid
-        index = index.new_full((1,), -1)
     macs_before = _macs(fc1, fc2)
-    module.fc1 = _linear(_take(fc1.weight, index, 0), _take(fc1.bias, index, 0))
-    module.fc2 = _linear(_take(fc2.weight, index, 1), b2.to(fc2.weight.dtype))
+    _set_bias(fc2, b2)
+    index = keep.nonzero().squeeze(1).tolist()
+    keep_units(module, _MLP_LAYOUT, index or [0])  # the removal structured pruning does
+    if not index:  # keep one all-zero unit so that every shape stays valid
+        _zero_group(module.fc1, module.fc2, slice(0, 1))
     units = keep.numel()
     removed = (
         f"{int(folded.sum())} units with an empty fc1 row (act(bias) folded into fc2.bias), "
@@ -147,19 +165,36 @@ def _projections_of(module: nn.Module, layout) -> tuple[nn.Linear, ...]:
     )
 
 
-def _rebuild_attention(module, layout, qk_index, v_index, folded) -> None:
-    """Replace the four projections by their kept (and zero-padded) rows and columns."""
-    q, k, val, out = _projections_of(module, layout)
+def _fold_values(module, layout, folded) -> None:
+    """Rule 2: `b_v[d] * W_o[:, d]` of every folded value dim into the output bias."""
+    _, _, val, out = _projections_of(module, layout)
     o_bias = torch.zeros(out.out_features, dtype=torch.float64, device=out.weight.device)
     if out.bias is not None:
         o_bias += out.bias.double()
-    if val.bias is not None:  # rule 2: b_v[d] * W_o[:, d] for every folded value dim
+    if val.bias is not None:
         o_bias += out.weight[:, folded].double() @ val.bias[folded].double()
+    _set_bias(out, o_bias)
+
+
+def _remove_heads(module, layout, kept: list[int]) -> list[int]:
+    """Rule 4 through the removal structured pruning does (`structure.slicing.keep_heads`);
+    returns the kept heads' new indices. An emptied block keeps one all-zero head."""
+    block_layout = BlockLayout(
+        query=layout.query, key=layout.key, value=layout.value, output=layout.output,
+        attention="", head_count=(layout.num_heads,),
+    )  # fmt: skip
+    keep_heads(module, block_layout, kept or [0])  # (its rows become padding below)
+    return list(range(len(kept)))
+
+
+def _rebuild_attention(module, layout, qk_index, v_index) -> None:
+    """Replace the four projections by their kept (and zero-padded) rows and columns."""
+    q, k, val, out = _projections_of(module, layout)
     new = {
         layout.query: _linear(_take(q.weight, qk_index, 0), _take(q.bias, qk_index, 0)),
         layout.key: _linear(_take(k.weight, qk_index, 0), _take(k.bias, qk_index, 0)),
         layout.value: _linear(_take(val.weight, v_index, 0), _take(val.bias, v_index, 0)),
-        layout.output: _linear(_take(out.weight, v_index, 1), o_bias.to(out.weight.dtype)),
+        layout.output: _linear(_take(out.weight, v_index, 1), out.bias),
     }
     for name, layer in new.items():
         setattr(module, name, layer)
@@ -178,9 +213,15 @@ def shrink_attention(
     if len(kept) == heads and new_qk == qk and new_v == v:
         return None
     macs_before = _macs(*_projections_of(module, layout))
-    qk_index = _head_index(qk_keep, kept, new_qk)
-    v_index = _head_index(v_keep, kept, new_v)
-    _rebuild_attention(module, layout, qk_index, v_index, folded)
+    _fold_values(module, layout, folded)
+    live = kept
+    if len(kept) < heads and not isinstance(module, ShrunkAttentionMixin):
+        live = _remove_heads(module, layout, kept)
+        rows = torch.tensor(kept or [0], dtype=torch.long, device=qk_keep.device)
+        qk_keep, v_keep = qk_keep[rows], v_keep[rows]
+    qk_index = _head_index(qk_keep, live, new_qk)
+    v_index = _head_index(v_keep, live, new_v)
+    _rebuild_attention(module, layout, qk_index, v_index)
     new_heads = max(len(kept), 1)  # an emptied block keeps one all-zero head
     setattr(module, layout.num_heads, new_heads)
     module.head_dim = module.qk_head_dim = new_qk
@@ -255,6 +296,9 @@ def _shrink_block(
         kind = "mlp" if names is None else "attention"
         return f"its output differs from plain {kind} computed from its projections (unsupported layout)"
     saved = (module.__class__, dict(module._modules), dict(module.__dict__))
+    for child, linear in list(module.named_children()):  # slicing works in place: keep these
+        if isinstance(linear, nn.Linear):
+            setattr(module, child, copy.deepcopy(linear))
     result = shrink_mlp(module, name) if names is None else shrink_attention(module, names, name)
     if result is None:
         return _unchanged(module, name, names)

@@ -56,8 +56,8 @@ class BlockLayout:
 
 
 def get_submodule(module: nn.Module, path: str):
-    """The attribute at dotted `path` below `module`, or None if some part is missing."""
-    for part in path.split("."):
+    """The attribute at dotted `path` below `module` (`""`: `module`), or None if missing."""
+    for part in path.split(".") if path else ():
         module = getattr(module, part, None)
         if module is None:
             return None

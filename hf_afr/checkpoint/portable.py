@@ -40,30 +40,24 @@ AUTO_CLASS = "AutoModelForImageClassification"
 
 _LOADER = '''
 
+
 # --------------------------------------------------------------------------- the model class
-# Written by hf_afr {version}. Everything above is hf_afr/structure/slicing.py verbatim; below is
-# the class that `auto_map` in config.json names, so that this folder loads with
-# `{auto_class}.from_pretrained(folder, trust_remote_code=True)` where hf_afr is not installed.
+# Written by hf_afr {version}. Everything above is hf_afr/structure/slicing.py verbatim; below,
+# the class that `auto_map` in config.json names, so that this folder loads where hf_afr is not
+# installed: `{auto_class}.from_pretrained(folder, trust_remote_code=True)`.
 
 import transformers as _transformers  # noqa: E402
 
 _LAYOUT = BlockLayout(**{layout})
-_WIDTH_KEYS = ({heads_key!r}, {units_key!r})
 _MARKER = {marker!r}
 
 
-class {class_name}(_transformers.{base_name}):
-    """`{base_name}` whose blocks have the per-layer widths of its config.
+class {class_name}(sized_class(_transformers.{base_name}, _LAYOUT)):
+    """`{base_name}` whose blocks have the widths its config lists per block.
 
-    `config.{heads_key}[i]` heads and `config.{units_key}[i]` MLP units in block i; the
-    weights then load into the narrowed model as saved (nothing is re-expanded).
+    `config.{heads_key}[i]` heads and `config.{units_key}[i]` MLP
+    units in block i, set in `__init__`; the weights then load as saved (none re-expanded).
     """
-
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        heads, units = (getattr(config, key, None) for key in _WIDTH_KEYS)
-        if heads is not None and units is not None:
-            set_widths(self, _LAYOUT, heads, units)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

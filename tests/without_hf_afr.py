@@ -2,17 +2,29 @@
 
 `-I -S` drop the working directory, PYTHONPATH and every `.pth` file (hf_afr's editable install
 is one); the interpreter's site-packages are then added back as plain paths, so torch and
-transformers import and hf_afr does not. The job file lists checkpoints to load with
+transformers import and hf_afr does not. Where hf_afr is installed into site-packages itself
+(not editable), a finder refuses it as well. The job file lists checkpoints to load with
 `trust_remote_code=True` (from a folder or a Hub id), with the inputs and logits saved beside
 them; the results are written back as JSON to `job["results"]`.
 """
 
+import importlib.abc
 import json
 import site
 import sys
 
 for path in site.getsitepackages():
     sys.path.append(path)
+
+
+class _NoHfAfr(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "hf_afr" or fullname.startswith("hf_afr."):
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+
+sys.meta_path.insert(0, _NoHfAfr())
 
 
 def main(job_file: str) -> None:
@@ -53,6 +65,7 @@ def main(job_file: str) -> None:
         results["models"][name] = result
     with open(job["results"], "w") as f:
         json.dump(results, f)
+    assert not any(name.split(".")[0] == "hf_afr" for name in sys.modules)
 
 
 def train_one_step(model, inputs) -> bool:

@@ -217,8 +217,17 @@ def test_every_family_loads_without_hf_afr_through_remote_code(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "image.png")
     job["models"]["vit"] |= {"pipeline": str(tmp_path / "image.png"), "train": True}
+    mismatched = tmp_path / "mismatched"  # widths that disagree with the weights
+    save_pruned_checkpoint(mismatched, models["vit"], {}, PrunerConfig())
+    config = json.loads((mismatched / "config.json").read_text())
+    config[LAYER_UNITS_KEY] = [5, 7]
+    (mismatched / "config.json").write_text(json.dumps(config))
+    job["models"]["mismatched"] = {"source": str(mismatched), "expect_error": True}
     results = run_without_hf_afr(job, tmp_path)
     assert results["hf_afr_importable"] is False
+    error = results["models"]["mismatched"]["error"]
+    assert error.startswith("ValueError: ") and "\n" not in error
+    assert "vit.layers.1.mlp.fc1" in error and "layer_intermediate_sizes" in error
     for family, model in models.items():
         result = results["models"][family]
         assert result["class_mro"] == [f"Structured{type(model).__name__}", type(model).__name__]

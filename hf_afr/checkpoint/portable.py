@@ -46,10 +46,17 @@ _LOADER = '''
 # the class that `auto_map` in config.json names, so that this folder loads where hf_afr is not
 # installed: `{auto_class}.from_pretrained(folder, trust_remote_code=True)`.
 
+import logging as _logging  # noqa: E402
+
 import transformers as _transformers  # noqa: E402
 
 _LAYOUT = BlockLayout(**{layout})
 _MARKER = {marker!r}
+
+
+class _NoLoadReport(_logging.Filter):
+    def filter(self, record):
+        return "LOAD REPORT" not in record.getMessage()
 
 
 class {class_name}(sized_class(_transformers.{base_name}, _LAYOUT)):
@@ -65,7 +72,29 @@ class {class_name}(sized_class(_transformers.{base_name}, _LAYOUT)):
         marker = getattr(config, "quantization_config", None)
         if isinstance(marker, dict) and marker.get("quant_method") == _MARKER:
             del config.quantization_config  # routes hf_afr's own loader; not needed here
-        return super().from_pretrained(*args, **kwargs)
+        if kwargs.pop("ignore_mismatched_sizes", False):
+            return super().from_pretrained(*args, ignore_mismatched_sizes=True, **kwargs)
+        # Weights that disagree with the widths: one line instead of the size-mismatch report.
+        wants_info = kwargs.pop("output_loading_info", False)
+        report, quiet = _logging.getLogger("transformers.modeling_utils"), _NoLoadReport()
+        report.addFilter(quiet)
+        try:
+            model, info = super().from_pretrained(
+                *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+            )
+        finally:
+            report.removeFilter(quiet)
+        for key, stored, expected in sorted(info.get("mismatched_keys") or ()):
+            raise ValueError(
+                f"{{args[0] if args else cls.__name__}}: {{key}} is stored with shape "
+                f"{{list(stored)}} but the per-layer widths in config.json ({heads_key}, "
+                f"{units_key}) give it {{list(expected)}}; the widths and the weights do not "
+                "belong together."
+            )
+        others = sorted({{*info.get("missing_keys", ()), *info.get("unexpected_keys", ())}})
+        if others:
+            report.warning(f"Weights missing from or unused by the checkpoint: {{others}}")
+        return (model, info) if wants_info else model
 '''
 
 

@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75])
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 64])
     p.add_argument("--train_batch_size", type=int, default=8)
+    p.add_argument("--no_training", action="store_true", help="inference rows only")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -189,7 +190,8 @@ def main(argv=None) -> str:
     info = {name: describe(m) for name, m in models.items()}
     image_size = SHAPES["quick" if args.quick else "full"]["image_size"]
     rows = inference_rows(models, args, image_size)
-    rows += training_rows(models, args, image_size)
+    if not args.no_training:
+        rows += training_rows(models, args, image_size)
     device = args.device
     if device.startswith("cuda"):
         device = torch.cuda.get_device_name(torch.device(device))

@@ -6,6 +6,8 @@
                                 its weights (folder or Hub id)
     hf-afr bench PATH           dense vs shrunk vs converted for inference, per layer and
                                 end to end
+    hf-afr export PATH --format onnx --output DIR
+                                ONNX file with a dynamic batch axis, checked against PyTorch
 
 SRC and PATH may be local folders or Hub repository ids. Errors are one line on stderr with a
 non-zero exit; `--debug` shows the traceback. Every import beyond argparse happens inside the
@@ -21,6 +23,7 @@ import sys
 from .cli_errors import debug_requested, run_reporting_errors
 
 PROG = "hf-afr"
+EXPORT_FORMATS = ("onnx",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help=text, description=text, parents=[debug])
     _add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
+    text = "export a checkpoint to ONNX (dynamic batch), checked against PyTorch's logits"
+    export = sub.add_parser("export", help=text, description=text, parents=[debug])
+    export.add_argument("path", metavar="PATH", help="checkpoint folder or Hub id")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="(onnx)")
+    export.add_argument("--output", required=True, metavar="DIR", help="folder to write")
+    export.add_argument(
+        "--atol", type=float, default=1e-4, help="largest allowed logit difference (1e-4)"
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="write into DIR even if it is not empty"
+    )
+    export.add_argument("--revision", default=None, help="Hub revision of PATH")
+    export.set_defaults(func=_export)
     parser.set_defaults(debug=False)
     return parser
 
@@ -165,6 +181,18 @@ def _report(args: argparse.Namespace) -> None:
     header, report = inspect_checkpoint(source)
     print(header)
     print(report.to_markdown() if args.markdown else str(report))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
+
+    source = _local_source(args.path, args.revision)
+    _check_destination(source, args.output, args.overwrite)
+    result = export_onnx(source, args.output, atol=args.atol)
+    print(
+        f"Wrote {result.path} ({result.exporter} exporter, dynamic batch); ONNX Runtime logits "
+        f"within {result.max_abs_diff:.1e} of PyTorch on a batch of {result.check_batch}."
+    )
 
 
 def _local_source(src: str, revision: str | None) -> str:

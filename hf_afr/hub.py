@@ -23,6 +23,7 @@ from .checkpoint.formats import MODEL_CARD_NAME, check_format, other_format_file
 from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
 from .report import SparsityReport
+from .structure.report import is_structured
 
 
 def push_to_hub(
@@ -68,16 +69,20 @@ def push_to_hub(
         OSError: if the Hub refuses the upload (the message says why; local files are untouched).
     """
     check_format(checkpoint_format)
-    if not masks:
+    structured = is_structured(model.config)
+    if not masks and not structured:
         raise ValueError("Nothing pruned yet: call `pruner.prune(batches)` before pushing.")
     api = HfApi()
     repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
     card_data = card_data or PrunedCardData()
     if card_data.repo_id is None:
         card_data = card_data.replace(repo_id=repo_id)
-    report = SparsityReport.from_masks(dict(masks))
+    report = SparsityReport.from_masks(dict(masks)) if masks else None
+    pruned = ["structurally pruned"] if structured else []
+    if report is not None:
+        pruned.append(f"{report.sparsity:.1%} sparse")
     commit_message = commit_message or (
-        f"Upload {pruner_config.method} {report.sparsity:.1%} sparse {type(model).__name__} "
+        f"Upload {pruner_config.method} {', '.join(pruned)} {type(model).__name__} "
         f"({checkpoint_format} checkpoint, hf_afr)"
     )
     with tempfile.TemporaryDirectory(prefix="hf_afr-push-") as workdir:

@@ -1,4 +1,4 @@
-"""Registers hf_afr's compact-checkpoint loader with transformers, without importing transformers.
+"""Registers hf_afr's checkpoint loaders (compact, structured) with transformers, without importing transformers.
 
 `import hf_afr` must make `AutoModel*.from_pretrained` able to read compact checkpoints, yet stay
 cheap (so that `hf-afr --help` answers at once): registering needs transformers' quantizer registry,
@@ -17,9 +17,10 @@ _REGISTRY_MODULE = "transformers.quantizers.auto"
 
 
 def _register() -> None:
-    from .checkpoint.loader import register
+    from .checkpoint import loader, structured_loader
 
-    register()
+    loader.register()
+    structured_loader.register()
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):

@@ -1,7 +1,7 @@
 """A local stand-in for the Hugging Face Hub, speaking the part of its HTTP API that
 `huggingface_hub` (2.x) uses to create repos, commit files and download them.
 
-Endpoints: `POST /api/repos/create`, `POST /api/validate-yaml`,
+Endpoints: `POST /api/repos/create`, `POST /api/validate-yaml`, `GET /api/agent-harnesses`,
 `GET /api/models/{repo}[/revision/{rev}]` (model info), `GET /api/models/{repo}/tree/{rev}[/{path}]`,
 `POST /api/models/{repo}/preupload/{rev}` (every file "regular", i.e. inlined in the commit),
 `POST /api/models/{repo}/commit/{rev}` (NDJSON: header, file, deletedFile) and
@@ -197,6 +197,9 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return self._send(409, payload, {"X-Error-Message": payload["error"]})
             self._send(200, payload)
 
+        def agent_harnesses(self):  # user-agent metadata the client fetches once a day
+            self._send(200, {"standardEnvVars": [], "harnesses": {}})
+
         def validate_yaml(self):
             self._body()
             self._send(200, {"errors": [], "warnings": []})
@@ -299,6 +302,7 @@ _REPO = r"([\w.-]+/[\w.-]+)"
 _ROUTES = [
     (r"/api/repos/create", (("POST",), "create_repo")),
     (r"/api/validate-yaml", (("POST",), "validate_yaml")),
+    (r"/api/agent-harnesses", (("GET",), "agent_harnesses")),
     (rf"/api/models/{_REPO}(?:/revision/([^/]+))?", (("GET",), "model_info")),
     (rf"/api/models/{_REPO}/tree/([^/]+)(?:/(.*))?", (("GET",), "tree")),
     (rf"/api/models/{_REPO}/preupload/([^/]+)", (("POST",), "preupload")),

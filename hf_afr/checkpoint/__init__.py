@@ -12,7 +12,10 @@ Modules, one concern each:
 - `load`: the model (quietly), image processor and pruning state of a checkpoint, and
   `inspect_checkpoint` (masks checked against weights, `hf-afr report`);
 - `convert`: dense <-> compact folders (`hf-afr densify` / `hf-afr compact`);
-- `loader`: transparent `from_pretrained` of compact checkpoints (registered by `import hf_afr`).
+- `loader`: transparent `from_pretrained` of compact checkpoints (registered by `import hf_afr`);
+- `widths`: per-layer widths of structurally pruned models (config lists, checks, building);
+- `portable`: what makes a structured folder load without hf_afr (`auto_map` + modeling file)
+  and its card section; `structured_loader`: its `from_pretrained` with hf_afr installed.
 """
 
 from .card import create_model_card, merge_model_cards, save_model_card

@@ -81,6 +81,7 @@ def create_model_card(
     weights_size: int | None = None,
     has_image_processor: bool = False,
     structure: str | None = None,
+    loading_section: str | None = None,
 ) -> ModelCard:
     """Render the model card of a pruned checkpoint.
 
@@ -99,6 +100,9 @@ def create_model_card(
             processor; only then does the card show `pipeline(...)` as the way to load it.
         structure (`str`, *optional*): markdown about a structurally pruned model
             (`hf_afr.structure.report.structure_card_section`); `report` is then optional.
+        loading_section (`str`, *optional*): markdown replacing the dense format's loading
+            instructions (`hf_afr.checkpoint.portable.loading_card_section` for structured
+            checkpoints, which load with and without hf_afr).
 
     Returns:
         `huggingface_hub.ModelCard`
@@ -148,6 +152,7 @@ def create_model_card(
         base_model_url=f"https://huggingface.co/{hub_base_model}" if hub_base_model else None,
         sparsity=report.sparsity if report else None,
         structure_section=structure,
+        loading_section=loading_section,
         method_title=title,
         method_description=description,
         control=pruner_config.control,

@@ -5,7 +5,10 @@
 - `"compact"`: `model.compact.safetensors`, each pruned tensor as an encoded mask plus its kept
   values; `config.json` routes `from_pretrained` to hf_afr's loader.
 
-Both carry `pruner_config.json`, the model card (`README.md`) and its density plot.
+Both carry `pruner_config.json`, the model card (`README.md`) and its density plot. A
+structurally pruned model (per-layer widths in `config.json`) saved in the dense format also
+carries `modeling_hf_afr_structured.py`, the self-contained loader `auto_map` names for
+`trust_remote_code=True` users without hf_afr.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ COMPACT_WEIGHTS_NAME = "model.compact.safetensors"
 MODEL_CARD_NAME = "README.md"
 DENSITY_PLOT_NAME = "sparsity_per_layer.png"
 IMAGE_PROCESSOR_NAME = "preprocessor_config.json"
+REMOTE_CODE_NAME = "modeling_hf_afr_structured.py"
 
 # Every file name (or glob) a transformers save may write for the weights.
 DENSE_WEIGHT_PATTERNS = (
@@ -50,5 +54,5 @@ def weights_file(checkpoint_format: str) -> str:
 def other_format_files(checkpoint_format: str) -> tuple[str, ...]:
     """Files (globs) of the other format, removed when a folder is saved in this one."""
     if check_format(checkpoint_format) == "compact":
-        return (*DENSE_WEIGHT_PATTERNS, MASKS_NAME)
+        return (*DENSE_WEIGHT_PATTERNS, MASKS_NAME, REMOTE_CODE_NAME)
     return (COMPACT_WEIGHTS_NAME,)

@@ -42,6 +42,7 @@ from .compact import (
     read_compact_weights,
 )
 from .formats import COMPACT_WEIGHTS_NAME
+from .structured_loader import narrow_to_config
 
 logger = logging.get_logger(__name__)
 
@@ -174,6 +175,7 @@ if _IMPORT_ERROR is None:
                 raise ValueError(
                     f"A compact checkpoint has one weights file ({COMPACT_WEIGHTS_NAME}), got {files}."
                 )
+            narrow_to_config(model, files)  # a structured model: its widths first
             _, _, entries = read_compact_weights(files[0], load_values=False)
             params = model.state_dict()
             for entry in entries.values():

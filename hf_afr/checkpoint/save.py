@@ -32,6 +32,7 @@ from .formats import (
 )
 from .load import quiet_transformers
 from .masks_file import save_masks
+from .portable import loading_card_section, write_portable_files
 
 
 def save_pruned_checkpoint(
@@ -93,6 +94,7 @@ def save_pruned_checkpoint(
                 model.save_pretrained(staging, **save_kwargs)
             if masks:
                 save_masks(masks, os.path.join(staging, MASKS_NAME))
+            write_portable_files(staging, model)  # structured: loads without hf_afr too
             weights = DENSE_WEIGHTS_NAME
         pruner_config.save_pretrained(staging)
         for name, text in (extra_files or {}).items():
@@ -112,6 +114,10 @@ def save_pruned_checkpoint(
                 # the card's loading code names this folder as it was written
                 card_data = (card_data or PrunedCardData()).replace(repo_id=save_directory)
             weights_path = os.path.join(staging, weights)
+            loading = None
+            if structured and checkpoint_format == "dense":
+                has_processor = image_processor is not None or had_processor
+                loading = loading_card_section(card_data.repo_id, has_processor, bool(masks))
             card = create_model_card(
                 pruner_config,
                 report,
@@ -124,6 +130,7 @@ def save_pruned_checkpoint(
                 else None,
                 has_image_processor=image_processor is not None or had_processor,
                 structure=section,
+                loading_section=loading,
             )
             existing = os.path.join(save_directory, MODEL_CARD_NAME)
             save_model_card(card, staging, report, existing=existing)

@@ -247,8 +247,9 @@ def test_the_card_says_how_to_load_both_ways(tmp_path):
         tmp_path / "tiny-s", model, {}, PrunerConfig(), image_processor=processor
     )
     card = (tmp_path / "tiny-s" / "README.md").read_text()
-    assert 'model = AutoModelForImageClassification.from_pretrained("tiny-s")' in card
-    assert 'pipeline("image-classification", model="tiny-s", trust_remote_code=True)' in card
+    folder = str(tmp_path / "tiny-s")  # the card names the folder as it was written
+    assert f'model = AutoModelForImageClassification.from_pretrained("{folder}")' in card
+    assert f'pipeline("image-classification", model="{folder}", trust_remote_code=True)' in card
     assert "| vit.layers.1 | 3/4 | 6/64 |" in card  # per-layer widths
     assert f"| parameters | 24,003 | {count_parameters(model):,} |" in card
     assert "zeros in the pruned places" not in card and "restore them with the pruner" not in card

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from families import tiny_batches, tiny_classifier
+from families import FAMILIES, tiny_batches, tiny_classifier
+from test_structure_slicing import family_model
 
 from hf_afr import AFRPruner, PrunerConfig
 from hf_afr.structure.budget import select_groups
@@ -136,3 +137,24 @@ def test_a_structured_model_without_masks_is_saved_dense(tmp_path):
         pruner.save_pretrained(tmp_path / "c", checkpoint_format="compact")
     with pytest.raises(ValueError, match="already pruned structurally"):
         pruner.prune()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_saves_and_reloads_its_widths(family, tmp_path):
+    model = family_model(family)
+    config = PrunerConfig(method="random", structure="heads+mlp", sparsity=0.4, seed=1)
+    pruner = AFRPruner(model, config)
+    pruner.prune()
+    pruner.save_pretrained(tmp_path)
+    reloaded = AFRPruner.from_pretrained(tmp_path).model
+    assert type(reloaded) is type(model)
+    x = tiny_batches(n_batches=1, seed=5)[0]["pixel_values"]
+    torch.testing.assert_close(logits(reloaded, x), logits(model, x))
+
+
+def test_a_shared_position_bias_table_allows_mlp_units_only():
+    model = tiny_classifier("beit", use_shared_relative_position_bias=True)
+    with pytest.raises(ValueError, match="use structure='mlp'"):
+        AFRPruner(model, PrunerConfig(method="random", structure="heads", sparsity=0.2)).prune()
+    AFRPruner(model, PrunerConfig(method="random", structure="mlp", sparsity=0.3)).prune()
+    assert model.config.layer_intermediate_sizes != [64, 64]

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     text = "export a checkpoint to ONNX (dynamic batch), checked against PyTorch's logits"
     export = sub.add_parser("export", help=text, description=text, parents=[debug])
     export.add_argument("path", metavar="PATH", help="checkpoint folder or Hub id")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="(onnx)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="(default: onnx)")
     export.add_argument("--output", required=True, metavar="DIR", help="folder to write")
     export.add_argument(
         "--atol", type=float, default=1e-4, help="largest allowed logit difference (1e-4)"

@@ -67,3 +67,22 @@ def test_the_speed_benchmark_writes_its_table(tmp_path):
         "heads+mlp 50%",
     ]
     assert ">= 1.8x" in rows[1] and ">= 3.0x" in rows[2] and ">= 1.7x" in rows[4]
+
+
+def test_the_ranking_benchmark_compares_per_kind_and_pooled(tmp_path):
+    ranking = load_script("../benchmarks/structured_ranking")
+    argv = [
+        "--sparsities",
+        "0.5",
+        "--methods",
+        "magnitude",
+        "--train_images",
+        "300",
+        "--test_images",
+        "100",
+    ]
+    text = ranking.main([*argv, "--output", str(tmp_path / "ranking.md")])
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| magnitude")]
+    assert [row[3].strip() for row in rows] == ["per kind", "pooled"]
+    assert rows[0][4].strip() == rows[0][5].strip() == "50%"  # per kind: equal fractions
+    assert all(0.0 <= float(row[6]) <= 1.0 for row in rows)

@@ -3,10 +3,11 @@
 The embedded tiny ViT (`hf_afr.DEFAULT_MODEL`, 4 blocks of 4 heads and 512 units) is pruned
 with `structure="heads+mlp"` on the embedded digits task, without fine-tuning, two ways:
 
-- `per kind`: hf_afr's budget (`hf_afr.structure.budget.select_groups`): heads ranked with heads,
+- `per_kind` (`PrunerConfig(group_ranking="per_kind")`, the default): heads ranked with heads,
   units with units, each kind losing the same fraction of its weights;
-- `pooled`: one ranking of all groups by the same per-weight scores (for AFR the z-scores are
-  taken over all groups together), the lowest removed until the budget is reached.
+- `pooled` (`group_ranking="pooled"`): one ranking of all groups by the same per-weight scores
+  (for AFR the z-scores are taken over all groups together), the lowest removed until the
+  budget is reached.
 
 For each it reports the fraction of head and unit weights removed and a linear-probe accuracy
 (ridge regression on the features the classifier reads, fit on the training images, scored on
@@ -27,10 +28,10 @@ from transformers.utils import logging
 from hf_afr import DEFAULT_MODEL, AFRPruner, PrunerConfig
 from hf_afr.data import digits_arrays
 from hf_afr.files import atomic_write_text
-from hf_afr.structure.budget import StructurePlan, select_groups
+from hf_afr.structure.budget import RANKINGS, select_groups
 from hf_afr.structure.groups import block_groups
 from hf_afr.structure.prune import apply_plan
-from hf_afr.structure.scores import gate_gradients, group_norms, zscore_per_kind
+from hf_afr.structure.scores import group_scores
 
 KINDS = ("heads", "units")
 
@@ -58,60 +59,6 @@ def probe_accuracy(model, train, test, ridge: float = 1e-2) -> float:
     ones = torch.nn.functional.one_hot(train[1], 10).double()
     w = torch.linalg.solve(xtr.T @ xtr + ridge * len(xtr) * torch.eye(xtr.shape[1]), xtr.T @ ones)
     return float(((xte @ w).argmax(1) == test[1]).double().mean())
-
-
-def raw_scores(model, batches, method: str, groups):
-    """Per-weight scores of every group, per objective (not yet z-scored)."""
-    cost = {g.name: g for g in groups}
-    if method == "magnitude":
-        per = [group_norms(model, groups)]
-        power = 0.5
-    else:
-        objectives = {"snip": ("loss",), "refer": ("refer",), "afr": ("loss", "refer")}[method]
-        per = gate_gradients(model, batches, PrunerConfig(method=method), objectives, groups)
-        power = 1.0
-    return [
-        {
-            k: {n: s.abs() / float(cost[n].cost(k)) ** power for n, s in d.items()}
-            for k, d in p.items()
-        }
-        for p in per
-    ]
-
-
-def pooled_plan(groups, per_objective, sparsity, total) -> StructurePlan:
-    """One ranking over heads and units together; z-scores over all groups for AFR."""
-    if len(per_objective) > 1:
-        pooled = []
-        for scores in per_objective:
-            flat = torch.cat([s for k in KINDS for s in scores[k].values()]).double()
-            mean, std = flat.mean(), flat.std(unbiased=False)
-            pooled.append(
-                {k: {n: (s - mean) / std for n, s in d.items()} for k, d in scores.items()}
-            )
-        scores = {k: {n: sum(p[k][n] for p in pooled) for n in pooled[0][k]} for k in KINDS}
-    else:
-        scores = per_objective[0]
-    order = sorted(
-        (float(s), k, g.name, i)
-        for g in groups for k in KINDS for i, s in enumerate(scores[k][g.name].tolist())
-    )  # fmt: skip
-    left = {(k, g.name): g.count(k) for g in groups for k in KINDS}
-    by_name = {g.name: g for g in groups}
-    removed, done = set(), 0.0
-    for _, kind, name, i in order:
-        cost = by_name[name].cost(kind)
-        if done + cost / 2 > sparsity * total or left[(kind, name)] <= 1:
-            continue
-        removed.add((kind, name, i))
-        left[(kind, name)] -= 1
-        done += cost
-    plan = StructurePlan()
-    for g in groups:
-        for kind in KINDS:
-            kept = [i for i in range(g.count(kind)) if (kind, g.name, i) not in removed]
-            plan.kept(kind)[g.name] = kept
-    return plan
 
 
 def removed_fractions(groups, plan) -> tuple[float, float]:
@@ -147,24 +94,18 @@ def main(argv=None) -> str:
         f"| dense | 0 | | | | {probe_accuracy(base, train, test):.3f} |",
     ]
     for method in args.methods:
-        per_objective = raw_scores(base, batches, method, groups)
-        if len(per_objective) > 1:
-            z = [zscore_per_kind(s) for s in per_objective]
-            per_kind = {k: {n: sum(s[k][n] for s in z) for n in z[0][k]} for k in KINDS}
-        else:
-            per_kind = per_objective[0]
         for sparsity in args.sparsities:
-            plans = {
-                "per kind": select_groups(groups, per_kind, "heads+mlp", sparsity, total),
-                "pooled": pooled_plan(groups, per_objective, sparsity, total),
-            }
-            for ranking, plan in plans.items():
+            for ranking in RANKINGS:
+                config = PrunerConfig(method=method, group_ranking=ranking)
+                scores = group_scores(base, batches, config, groups)
+                plan = select_groups(groups, scores, "heads+mlp", sparsity, total, ranking=ranking)
                 model = copy.deepcopy(base)
                 apply_plan(model, plan)
                 heads, units = removed_fractions(groups, plan)
                 accuracy = probe_accuracy(model, train, test)
                 rows.append(
-                    f"| {method} | {sparsity:.0%} | {ranking} | {heads:.0%} | {units:.0%} | {accuracy:.3f} |"
+                    f"| {method} | {sparsity:.0%} | {ranking} | {heads:.0%} | {units:.0%} "
+                    f"| {accuracy:.3f} |"
                 )
                 print(rows[-1], flush=True)
     text = "\n".join(

@@ -29,6 +29,7 @@ CONTROLS = {
     "of largest magnitude",
 }
 STRUCTURES = ("mlp", "heads", "heads+mlp")
+GROUP_RANKINGS = ("per_kind", "pooled")
 GROUP_METHODS = ("afr", "snip", "refer", "fisher", "magnitude", "random")
 """The criteria that score whole heads and MLP units (`hf_afr.structure.scores`)."""
 
@@ -180,6 +181,14 @@ class PrunerConfig:
             "this (e.g. 8 or 64 for hardware-friendly shapes)."
         },
     )
+    group_ranking: str = field(
+        default="per_kind",
+        metadata={
+            "help": "Structured pruning with 'heads+mlp': 'per_kind' ranks heads with heads and "
+            "units with units, each kind losing `sparsity` of its weights; 'pooled' ranks all "
+            "groups together by score per weight (AFR: z-scores over all groups)."
+        },
+    )
     seed: int = field(
         default=42,
         metadata={
@@ -235,6 +244,7 @@ class PrunerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        _check_choice("group_ranking", self.group_ranking, GROUP_RANKINGS)
         if self.structure is None:
             return
         _check_choice("structure", self.structure, STRUCTURES)

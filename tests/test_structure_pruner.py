@@ -158,3 +158,20 @@ def test_a_shared_position_bias_table_allows_mlp_units_only():
         AFRPruner(model, PrunerConfig(method="random", structure="heads", sparsity=0.2)).prune()
     AFRPruner(model, PrunerConfig(method="random", structure="mlp", sparsity=0.3)).prune()
     assert model.config.layer_intermediate_sizes != [64, 64]
+
+
+def test_pooled_ranking_removes_the_lowest_scores_of_either_kind():
+    groups = two_blocks()  # head: 1024 weights, unit: 64
+    total = 2 * (4 * 1024 + 64 * 64)
+    scores = {  # heads of b0 score lowest of all, then the units of b1
+        "heads": {"b0": torch.tensor([0.1, 0.2, 9, 9]), "b1": torch.full((4,), 9.0)},
+        "units": {"b0": torch.full((64,), 5.0), "b1": torch.arange(64.0) / 100 + 1},
+    }
+    plan = select_groups(groups, scores, "heads+mlp", 0.25, total, ranking="pooled")
+    # 4096 weights: the two low heads (2048), then the 32 lowest units of b1 (2048)
+    assert plan.heads == {"b0": [2, 3], "b1": [0, 1, 2, 3]}
+    assert plan.units["b0"] == list(range(64)) and plan.units["b1"] == list(range(32, 64))
+    with pytest.raises(ValueError, match="`ranking` must be one of"):
+        select_groups(groups, scores, "mlp", 0.1, total, ranking="global")
+    with pytest.raises(ValueError, match="`group_ranking` must be one of"):
+        PrunerConfig(group_ranking="global")

@@ -92,6 +92,14 @@ def test_group_scores_of_each_method_follow_their_definitions():
             parts.append((flat - flat.mean()) / flat.std(unbiased=False))
         expected = torch.cat([afr[kind][n] for n in names]).double()
         torch.testing.assert_close(expected, parts[0] + parts[1], rtol=1e-3, atol=1e-4)
+    pooled = S.group_scores(model, batches, PrunerConfig(method="afr", group_ranking="pooled"))
+    names = list(loss["heads"])
+    parts = []
+    for gates in (loss, refer):  # z-scores over heads and units together
+        flat = torch.cat([density(gates)[k][n] for k in ("heads", "units") for n in names]).double()
+        parts.append((flat - flat.mean()) / flat.std(unbiased=False))
+    actual = torch.cat([pooled[k][n] for k in ("heads", "units") for n in names]).double()
+    torch.testing.assert_close(actual, parts[0] + parts[1], rtol=1e-3, atol=1e-4)
     # magnitude: the group's weights gathered by hand, per sqrt(weight)
     layer = model.vit.layers[1]
     head = 2

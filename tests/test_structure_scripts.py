@@ -83,6 +83,6 @@ def test_the_ranking_benchmark_compares_per_kind_and_pooled(tmp_path):
     ]
     text = ranking.main([*argv, "--output", str(tmp_path / "ranking.md")])
     rows = [line.split("|") for line in text.splitlines() if line.startswith("| magnitude")]
-    assert [row[3].strip() for row in rows] == ["per kind", "pooled"]
+    assert [row[3].strip() for row in rows] == ["per_kind", "pooled"]
     assert rows[0][4].strip() == rows[0][5].strip() == "50%"  # per kind: equal fractions
     assert all(0.0 <= float(row[6]) <= 1.0 for row in rows)

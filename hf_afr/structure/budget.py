@@ -25,6 +25,7 @@ from .groups import BlockGroups, prunable_group_weights
 from .scores import GroupScores
 
 STRUCTURE_KINDS = {"mlp": ("units",), "heads": ("heads",), "heads+mlp": ("heads", "units")}
+RANKINGS = ("per_kind", "pooled")
 
 
 @dataclass
@@ -70,6 +71,7 @@ def select_groups(
     total_weights: int,
     min_units: int = 1,
     round_to: int = 1,
+    ranking: str = "per_kind",
 ) -> StructurePlan:
     """The heads and units to keep so that about `sparsity * total_weights` weights go.
 
@@ -81,6 +83,9 @@ def select_groups(
         total_weights (`int`): the prunable weights the fraction refers to.
         min_units (`int`, defaults to 1): MLP units every block keeps at least.
         round_to (`int`, defaults to 1): kept units per block rounded to a multiple of this.
+        ranking (`str`, defaults to `"per_kind"`): `"per_kind"` (each kind ranked on its own,
+            losing the same fraction of its weights) or `"pooled"` (one ranking of all groups
+            by their per-weight scores, the lowest removed until the budget is reached).
 
     Raises:
         `ValueError`: a budget the structure cannot reach under the floors.
@@ -95,16 +100,21 @@ def select_groups(
             f"block), but sparsity={sparsity} asks for more; lower `sparsity`"
             + (" or use structure='heads+mlp'." if structure != "heads+mlp" else ".")
         )
+    if ranking not in RANKINGS:
+        raise ValueError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {ranking!r}.")
+    if ranking == "pooled":
+        removed = _remove_lowest(groups, scores, kinds, target, min_units)
+    else:
+        shares = _kind_targets(groups, kinds, target, min_units)
+        removed = set().union(
+            *(_remove_lowest(groups, scores, (k,), s, min_units) for k, s in shares.items())
+        )
     plan = StructurePlan()
     by_name = {g.name: g for g in groups}
-    for kind, share in _kind_targets(groups, kinds, target, min_units).items():
-        removed = _remove_lowest(groups, scores[kind], kind, share, min_units)
+    for kind in ("heads", "units"):
         for g in groups:
-            gone = removed.get(g.name, set())
-            plan.kept(kind)[g.name] = [i for i in range(g.count(kind)) if i not in gone]
-    for kind in {"heads", "units"} - set(kinds):
-        for g in groups:
-            plan.kept(kind)[g.name] = list(range(g.count(kind)))
+            kept = [i for i in range(g.count(kind)) if (kind, g.name, i) not in removed]
+            plan.kept(kind)[g.name] = kept
     if round_to > 1 and "units" in kinds:
         for name, kept in plan.units.items():
             plan.units[name] = _rounded(
@@ -115,32 +125,31 @@ def select_groups(
 
 def _remove_lowest(
     groups: list[BlockGroups],
-    scores: dict[str, torch.Tensor],
-    kind: str,
+    scores: GroupScores,
+    kinds: tuple[str, ...],
     share: float,
     min_units: int,
-) -> dict[str, set[int]]:
-    """The lowest-scored groups of `kind`, removed until `share` weights are gone (nearest)."""
+) -> set[tuple[str, str, int]]:
+    """`(kind, block, index)` of the lowest-scored groups of `kinds`, removed until `share`
+    weights are gone (to the nearest group)."""
     order = sorted(
-        (
-            (float(s), gi, i)
-            for gi, g in enumerate(groups)
-            for i, s in enumerate(scores[g.name].tolist())
-        ),
-        key=lambda t: (t[0], t[1], t[2]),
+        (float(s), kind, gi, i)
+        for kind in kinds
+        for gi, g in enumerate(groups)
+        for i, s in enumerate(scores[kind][g.name].tolist())
     )
-    removed: dict[str, set[int]] = {}
-    left = {g.name: g.count(kind) for g in groups}
+    removed: set[tuple[str, str, int]] = set()
+    left = {(kind, g.name): g.count(kind) for kind in kinds for g in groups}
     done = 0.0
-    for _, gi, i in order:
+    for _, kind, gi, i in order:
         g = groups[gi]
         cost = g.cost(kind)
         if done + cost / 2 > share:
             continue  # a smaller group further on may still fit
-        if left[g.name] <= _floor(g, kind, min_units):
+        if left[(kind, g.name)] <= _floor(g, kind, min_units):
             continue
-        removed.setdefault(g.name, set()).add(i)
-        left[g.name] -= 1
+        removed.add((kind, g.name, i))
+        left[(kind, g.name)] -= 1
         done += cost
     return removed
 

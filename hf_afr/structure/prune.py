@@ -65,6 +65,7 @@ def prune_structure(
         total_weights,
         min_units=config.min_units,
         round_to=config.round_to,
+        ranking=config.group_ranking,
     )
     apply_plan(model, plan)
     return plan

@@ -97,14 +97,16 @@ def _per_weight(scores: GroupScores, groups: list[BlockGroups], power: float = 1
     return _map(scores, lambda kind, name, s: s.abs() / float(cost[name].cost(kind)) ** power)
 
 
-def zscore_per_kind(scores: GroupScores) -> GroupScores:
-    """Z-scores over all groups of each kind (population std; all-equal scores give zeros)."""
+def zscore_per_kind(scores: GroupScores, pooled: bool = False) -> GroupScores:
+    """Z-scores over all groups of each kind, or over all groups together if `pooled`
+    (population std; all-equal scores give zeros)."""
+    every = torch.cat([s.double() for per in scores.values() for s in per.values()])
     result: GroupScores = {}
     for kind, per in scores.items():
         if not per:
             result[kind] = {}
             continue
-        flat = torch.cat([s.double() for s in per.values()])
+        flat = every if pooled else torch.cat([s.double() for s in per.values()])
         mean, std = flat.mean(), flat.std(unbiased=False)
         std = std if std > 0 else torch.ones_like(std)
         result[kind] = {name: ((s.double() - mean) / std).float() for name, s in per.items()}
@@ -162,5 +164,6 @@ def group_scores(
     densities = [_per_weight(gates, groups) for gates in per_objective]
     if method != "afr":
         return densities[0]
-    loss, refer = (zscore_per_kind(d) for d in densities)
+    pooled = config.group_ranking == "pooled"
+    loss, refer = (zscore_per_kind(d, pooled) for d in densities)
     return _map(refer, lambda kind, name, s: s + loss[kind][name])

@@ -16,6 +16,7 @@ from transformers.utils import logging
 from .architectures import get_architecture, resolve_feature_token
 from .checkpoint.card import create_model_card
 from .checkpoint.load import (
+    check_local_checkpoint,
     is_compact_config,
     load_classifier,
     load_image_processor,
@@ -96,6 +97,8 @@ class AFRPruner:
         hub_kwargs = {
             k: model_kwargs[k] for k in ("revision", "token", "cache_dir") if k in model_kwargs
         }
+        if os.path.isdir(name_or_path):
+            check_local_checkpoint(name_or_path)
         model_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
         try:  # an unsupported family fails here, before any weights are downloaded
             get_architecture(model_config)
@@ -104,7 +107,7 @@ class AFRPruner:
         _complete_label_kwargs(model_kwargs)
         model = load_classifier(name_or_path, model_config, model_kwargs)
         saved_config, saved_masks = load_pruning_state(
-            name_or_path, is_compact=is_compact_config(model_config), **hub_kwargs
+            name_or_path, is_compact=is_compact_config(model_config), model=model, **hub_kwargs
         )
         pruner = cls(model, config if config is not None else saved_config)
         if saved_masks is not None:

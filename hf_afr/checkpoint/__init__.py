@@ -4,6 +4,7 @@ Modules, one concern each:
 
 - `formats`: the two formats and every file name (nowhere else);
 - `codec`: lossless coding of a pruned tensor (mask bytes + kept values);
+- `entries`: what a compact file declares, checked against the model before anything is allocated;
 - `compact`: the compact weights file (writer and the one validating reader);
 - `masks_file`: the masks sidecar of dense checkpoints;
 - `card`: the model card (metadata, sections, density plot);
@@ -14,6 +15,7 @@ Modules, one concern each:
 - `loader`: transparent `from_pretrained` of compact checkpoints (registered by `import hf_afr`).
 """
 
+from ..untrusted import CheckpointError
 from .card import create_model_card, merge_model_cards, save_model_card
 from .compact import read_compact_header, read_compact_weights
 from .convert import compact_checkpoint, densify_checkpoint
@@ -37,6 +39,7 @@ from .save import save_pruned_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMATS",
+    "CheckpointError",
     "COMPACT_WEIGHTS_NAME",
     "DENSE_WEIGHTS_NAME",
     "MASKS_NAME",

@@ -23,12 +23,12 @@ failing loudly; `hf-afr densify` still converts it (it needs only this module's 
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 import torch
 from transformers.utils import logging
 
+from ..untrusted import CheckpointError, check_int
 from .codec import densify_tensor
 from .compact import (
     COMPACT_FORMAT,
@@ -39,9 +39,11 @@ from .compact import (
     SHAPE_SUFFIX,
     SPARSE_SUFFIXES,
     VALUES_SUFFIX,
+    check_weights_file_name,
     read_compact_weights,
 )
-from .formats import COMPACT_WEIGHTS_NAME
+from .entries import model_tensors
+from .formats import COMPACT_WEIGHTS_NAME, CONFIG_NAME
 
 logger = logging.get_logger(__name__)
 
@@ -81,21 +83,17 @@ if _IMPORT_ERROR is None:
         ):
             self.quant_method = COMPACT_QUANT_METHOD
             self.format = kwargs.pop("format", COMPACT_FORMAT)
-            self.weights_file = weights_file
-            self.format_version = format_version
             # The loaded model is dense: transformers then removes the quantization state.
             self.dequantize = True
-            if os.path.basename(weights_file) != weights_file or not weights_file.endswith(
-                ".safetensors"
-            ):
-                raise ValueError(
-                    f"Invalid compact weights file name {weights_file!r} in config.json: expected a "
-                    "*.safetensors file name inside the checkpoint folder."
-                )
-            if int(format_version) > COMPACT_FORMAT_VERSION:
-                raise ValueError(
-                    f"This checkpoint uses compact format version {format_version}; this hf_afr "
-                    f"reads version {COMPACT_FORMAT_VERSION}. Upgrade hf_afr."
+            self.weights_file = check_weights_file_name(weights_file)
+            field = "quantization_config.format_version"
+            self.format_version = check_int(format_version, CONFIG_NAME, field, 1, 2**31)
+            if self.format_version > COMPACT_FORMAT_VERSION:
+                raise CheckpointError(
+                    CONFIG_NAME,
+                    field,
+                    f"is {self.format_version}; this hf_afr reads version "
+                    f"{COMPACT_FORMAT_VERSION}. Upgrade hf_afr.",
                 )
 
     class AFRCompactDecode(ConversionOps):
@@ -133,7 +131,15 @@ if _IMPORT_ERROR is None:
             dtype = None
             if model is not None and full_layer_name is not None:
                 with contextlib.suppress(AttributeError):
-                    dtype = model.get_parameter(full_layer_name).dtype
+                    param = model.get_parameter(full_layer_name)
+                    dtype = param.dtype
+                    stored = parts[SHAPE_SUFFIX]
+                    if stored.dim() != 1 or stored.tolist() != list(param.shape):
+                        raise CheckpointError(
+                            self.hf_quantizer.weights_path,
+                            name + SHAPE_SUFFIX,
+                            f"declares {stored.tolist()}, the model expects {list(param.shape)}.",
+                        )
             dense = densify_tensor(
                 parts[VALUES_SUFFIX],
                 parts[MASK_SUFFIX],
@@ -154,6 +160,7 @@ if _IMPORT_ERROR is None:
             super().__init__(quantization_config, **kwargs)
             self.decoded: set[str] = set()
             self.expected = 0
+            self.weights_path = COMPACT_WEIGHTS_NAME
 
         def validate_environment(self, *args: Any, **kwargs: Any) -> None:
             if not self.pre_quantized:
@@ -174,17 +181,10 @@ if _IMPORT_ERROR is None:
                 raise ValueError(
                     f"A compact checkpoint has one weights file ({COMPACT_WEIGHTS_NAME}), got {files}."
                 )
-            _, _, entries = read_compact_weights(files[0], load_values=False)
-            params = model.state_dict()
-            for entry in entries.values():
-                expected = params.get(entry.param)
-                if expected is not None and tuple(expected.shape) != entry.shape:
-                    raise ValueError(
-                        f"{files[0]}: pruned tensor {entry.param!r} has shape {list(entry.shape)} "
-                        f"but the model built from config.json expects {list(expected.shape)}. "
-                        "The weights do not belong to this config (a pruned tensor cannot be "
-                        "resized with `ignore_mismatched_sizes`; densify the checkpoint first)."
-                    )
+            # Every entry is checked against the model before any mask is decoded.
+            self.weights_path = files[0]
+            expected = model_tensors(model)
+            _, _, entries = read_compact_weights(files[0], load_values=False, expected=expected)
             self.expected = len(entries)
             return model
 

@@ -3,7 +3,8 @@
 A small pruned ViT is saved in both formats; each variant below copies one of them and crafts
 a file (the variants of the hostile-checkpoint issue: memory bombs, amplification, a slow path,
 malformed fields, trusted metadata, links and mixed formats). Each reading path then runs in a
-fresh subprocess, which reports its peak resident memory (`ru_maxrss`) and wall time:
+fresh subprocess, which reports its peak resident memory (`VmHWM`) and the wall time of the read
+(after the imports):
 
 - `load`: `AutoModelForImageClassification.from_pretrained` after `import hf_afr`;
 - `pruner`: `AFRPruner.from_pretrained`;
@@ -208,6 +209,10 @@ def _with(key: str, value):
 
 
 VARIANTS = [
+    Variant("valid-compact", "compact", lambda f: None, ("load", "pruner", "report", "densify"),
+            None, expect="ok"),
+    Variant("valid-dense", "dense", lambda f: None, ("pruner", "report", "compact"), None,
+            expect="ok"),
     Variant("bomb-pruned-gaps", "compact", declare(BIG, 3, zlib.compress(b"")),
             ("load", "report", "densify"), "shape"),
     Variant("bomb-gaps", "compact", declare(BIG, 2, zlib.compress(b"")), ("load", "report"),
@@ -305,7 +310,9 @@ except Exception as err:
     outcome = "error" if kind is not None and isinstance(err, kind) else "raw " + type(err).__name__
     message = " ".join(str(err).split())
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+# VmHWM: this process's own peak (ru_maxrss would include the parent's size at fork).
+with open("/proc/self/status") as f:
+    peak = next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 2**20
 print(json.dumps(dict(outcome=outcome, message=message[:160], seconds=seconds, peak_gb=peak)))
 """
 

@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..files import atomic_path, atomic_write_text
-from ..untrusted import CheckpointError
+from ..untrusted import CheckpointError, check_int
 from ..version import __version__
 from .codec import (
     MASK_ENCODINGS,
@@ -330,8 +330,13 @@ def information_bound(entries: Mapping[str, CompactEntry], dense_value_bytes: in
 # --------------------------------------------------------------------------- folders
 
 
-def check_weights_file_name(name: object) -> str:
-    """`quantization_config.weights_file` of `config.json`: a `*.safetensors` name in the folder."""
+def check_quantization_config(quantization: Mapping, config_path: str = CONFIG_NAME) -> None:
+    """Check the fields hf_afr reads from a compact checkpoint's `quantization_config`.
+
+    Raises:
+        CheckpointError: naming `config_path` and the field.
+    """
+    name = quantization.get("weights_file", COMPACT_WEIGHTS_NAME)
     if (
         not isinstance(name, str)
         or os.path.basename(name) != name
@@ -339,12 +344,19 @@ def check_weights_file_name(name: object) -> str:
         or not name.endswith(".safetensors")
     ):
         raise CheckpointError(
-            CONFIG_NAME,
+            config_path,
             "quantization_config.weights_file",
             f"is {str(name)[:60]!r}; expected a *.safetensors file name inside the checkpoint "
             "folder.",
         )
-    return name
+    field = "quantization_config.format_version"
+    version = check_int(quantization.get("format_version"), config_path, field, 1, 2**31)
+    if version > COMPACT_FORMAT_VERSION:
+        raise CheckpointError(
+            config_path,
+            field,
+            f"is {version}; this hf_afr reads version {COMPACT_FORMAT_VERSION}. Upgrade hf_afr.",
+        )
 
 
 def compact_config_dict(model: torch.nn.Module) -> dict:

@@ -20,7 +20,12 @@ from ..config import PrunerConfig
 from ..files import contained_file, resolve_file
 from ..report import SparsityReport
 from ..untrusted import CheckpointError, describe
-from .compact import COMPACT_QUANT_METHOD, information_bound, read_compact_weights
+from .compact import (
+    COMPACT_QUANT_METHOD,
+    check_quantization_config,
+    information_bound,
+    read_compact_weights,
+)
 from .entries import model_tensors
 from .formats import (
     COMPACT_WEIGHTS_NAME,
@@ -115,9 +120,11 @@ def quiet_transformers() -> Iterator[None]:
 def check_local_checkpoint(folder: str | os.PathLike) -> None:
     """Check a local checkpoint folder's `config.json` and weights files before transformers
     reads them (`formats.read_config_file`, `check_safetensors_files`)."""
-    config = contained_file(folder, CONFIG_NAME)
-    if config is not None:
-        read_config_file(config)
+    config_path = contained_file(folder, CONFIG_NAME)
+    if config_path is not None:
+        quantization = read_config_file(config_path).get("quantization_config") or {}
+        if quantization.get("quant_method") == COMPACT_QUANT_METHOD:
+            check_quantization_config(quantization, config_path)
     check_safetensors_files(folder)
 
 

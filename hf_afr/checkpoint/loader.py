@@ -23,12 +23,13 @@ failing loudly; `hf-afr densify` still converts it (it needs only this module's 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
 from transformers.utils import logging
 
-from ..untrusted import CheckpointError, check_int
+from ..untrusted import CheckpointError
 from .codec import densify_tensor
 from .compact import (
     COMPACT_FORMAT,
@@ -39,7 +40,7 @@ from .compact import (
     SHAPE_SUFFIX,
     SPARSE_SUFFIXES,
     VALUES_SUFFIX,
-    check_weights_file_name,
+    check_quantization_config,
     read_compact_weights,
 )
 from .entries import model_tensors
@@ -85,16 +86,14 @@ if _IMPORT_ERROR is None:
             self.format = kwargs.pop("format", COMPACT_FORMAT)
             # The loaded model is dense: transformers then removes the quantization state.
             self.dequantize = True
-            self.weights_file = check_weights_file_name(weights_file)
-            field = "quantization_config.format_version"
-            self.format_version = check_int(format_version, CONFIG_NAME, field, 1, 2**31)
-            if self.format_version > COMPACT_FORMAT_VERSION:
-                raise CheckpointError(
-                    CONFIG_NAME,
-                    field,
-                    f"is {self.format_version}; this hf_afr reads version "
-                    f"{COMPACT_FORMAT_VERSION}. Upgrade hf_afr.",
-                )
+            # Checked by `check` once the checkpoint's path is known (the quantizer's first hook).
+            self.weights_file = weights_file
+            self.format_version = format_version
+
+        def check(self, config_path: str) -> None:
+            """Raise a `CheckpointError` naming `config_path` for a field hf_afr cannot read."""
+            fields = {"weights_file": self.weights_file, "format_version": self.format_version}
+            check_quantization_config(fields, config_path)
 
     class AFRCompactDecode(ConversionOps):
         """Rebuild a dense weight from `weight.afr_values`, `weight.afr_mask`, `weight.afr_shape`."""
@@ -170,6 +169,8 @@ if _IMPORT_ERROR is None:
                 )
 
         def update_attn_implementation(self, config):
+            folder = getattr(config, "name_or_path", "") or ""
+            self.quantization_config.check(os.path.join(folder, CONFIG_NAME))
             # Runs before transformers resolves the weight files: swap the guard for the real name.
             if getattr(config, "transformers_weights", None) in (None, PLAIN_LOAD_GUARD):
                 config.transformers_weights = self.quantization_config.weights_file

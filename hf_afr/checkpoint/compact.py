@@ -290,6 +290,13 @@ def read_compact_weights(
         for key, entry in entries.items():
             field = key + MASK_SUFFIX
             data = f.get_tensor(field).numpy().tobytes()
+            if MASK_ENCODINGS.get(data[0]) != entry.encoding:
+                raise CheckpointError(
+                    path,
+                    field,
+                    f"the mask of {key!r} is coded as {MASK_ENCODINGS.get(data[0], data[0])!r}, "
+                    f"the metadata declares {entry.encoding!r}.",
+                )
             if entry.crc32 is not None and zlib.crc32(data) != entry.crc32:
                 raise CheckpointError(
                     path,

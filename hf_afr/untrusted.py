@@ -25,7 +25,7 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects accepted in that JSON."""
 MAX_DIMS = 8
 """Most dimensions of a declared tensor shape."""
-MAX_NUMEL = 2**40
+MAX_NUMEL = 2**34
 """Most elements of a declared tensor, before it is compared with the model."""
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)

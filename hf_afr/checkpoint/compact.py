@@ -189,6 +189,9 @@ def read_compact_header(
             "hf_afr.",
         )
     entries = parse_entries(path, metadata.get("sparse_tensors"))
+    if expected is not None:
+        dense = {k: shape for k, (_, shape) in info.items() if not k.endswith(SPARSE_SUFFIXES)}
+        check_against_model(path, entries, dense if strict else {}, expected)
     for entry in entries.values():
         _check_entry(path, entry, info)
     orphans = sorted(
@@ -198,9 +201,6 @@ def read_compact_header(
         raise CheckpointError(
             path, orphans[0], f"tensors {orphans[:3]} are not declared in the metadata."
         )
-    if expected is not None:
-        dense = {k: shape for k, (_, shape) in info.items() if not k.endswith(SPARSE_SUFFIXES)}
-        check_against_model(path, entries, dense if strict else {}, expected)
     with safe_open(path, framework="pt") as f:
         for key, entry in entries.items():
             stored = f.get_tensor(key + SHAPE_SUFFIX).tolist()

@@ -76,12 +76,12 @@ def densify_checkpoint(
             config_path, "quantization_config", "does not declare an hf_afr compact checkpoint."
         )
     config.pop("transformers_weights", None)
-    expected = _model_tensors_from_config(source_directory, config_path)
-    state, masks, entries = read_compact_weights(weights_path, True, expected, strict=True)
     pruner_config_path = contained_file(source_directory, PRUNER_CONFIG_NAME)
     pruner_config = None
     if pruner_config_path is not None:
         pruner_config = PrunerConfig.from_pretrained(pruner_config_path)
+    expected = _model_tensors_from_config(source_directory, config_path)
+    state, masks, entries = read_compact_weights(weights_path, True, expected, strict=True)
     others = _other_files(source_directory, skip={CONFIG_NAME, COMPACT_WEIGHTS_NAME})
     with staged_directory(save_directory, stale=(COMPACT_WEIGHTS_NAME,)) as staging:
         _copy_files(others, staging)

@@ -43,10 +43,15 @@ from .codec import (
     decode_positions,
     densify_with_positions,
 )
-from .entries import (
+from .entries import (  # noqa: F401 - the suffixes are re-exported
+    MASK_SUFFIX,
+    SHAPE_SUFFIX,
+    SPARSE_SUFFIXES,
+    VALUES_SUFFIX,
     CompactEntry,
     ModelTensors,
     check_against_model,
+    check_parts,
     disk_state_dict,
     parse_entries,
 )
@@ -55,10 +60,6 @@ from .formats import COMPACT_QUANT_METHOD, COMPACT_WEIGHTS_NAME, CONFIG_NAME
 COMPACT_FORMAT = "hf_afr.compact"
 COMPACT_FORMAT_VERSION = 1
 
-VALUES_SUFFIX = ".afr_values"
-MASK_SUFFIX = ".afr_mask"
-SHAPE_SUFFIX = ".afr_shape"
-SPARSE_SUFFIXES = (VALUES_SUFFIX, MASK_SUFFIX, SHAPE_SUFFIX)
 
 # Plain transformers refuses a `transformers_weights` entry that is not a *.safetensors file name and
 # prints it in its error message; hf_afr's loader swaps in the real file name.
@@ -193,7 +194,7 @@ def read_compact_header(
         dense = {k: shape for k, (_, shape) in info.items() if not k.endswith(SPARSE_SUFFIXES)}
         check_against_model(path, entries, dense if strict else {}, expected)
     for entry in entries.values():
-        _check_entry(path, entry, info)
+        check_parts(path, entry, info)
     orphans = sorted(
         k for k in info if k.endswith(SPARSE_SUFFIXES) and k.rsplit(".", 1)[0] not in entries
     )
@@ -211,45 +212,6 @@ def read_compact_header(
                     f"{key!r} stores shape {stored}, the metadata declares {list(entry.shape)}.",
                 )
     return entries
-
-
-def _check_entry(path: str, entry: CompactEntry, info: dict) -> None:
-    key = entry.key
-    parts = [key + suffix for suffix in SPARSE_SUFFIXES]
-    absent = [p for p in parts if p not in info]
-    if absent:
-        raise CheckpointError(
-            path, absent[0], f"pruned tensor {key!r} lacks {absent}; the file is incomplete."
-        )
-    if key in info:
-        raise CheckpointError(path, key, f"{key!r} is stored both dense and sparse.")
-    values_dtype, values_shape = info[key + VALUES_SUFFIX]
-    if values_dtype != STORED_DTYPES[entry.dtype][1]:
-        raise CheckpointError(
-            path,
-            key + VALUES_SUFFIX,
-            f"values of {key!r} are stored as {values_dtype}, the metadata declares {entry.dtype}.",
-        )
-    if values_shape != (entry.nnz,):
-        raise CheckpointError(
-            path,
-            key + VALUES_SUFFIX,
-            f"{key!r} stores {list(values_shape)} values, the metadata declares {entry.nnz} kept "
-            "weights.",
-        )
-    mask_dtype, mask_shape = info[key + MASK_SUFFIX]
-    if mask_dtype != "U8" or len(mask_shape) != 1 or mask_shape[0] < 1:
-        raise CheckpointError(
-            path, key + MASK_SUFFIX, f"the mask of {key!r} must be non-empty 1-D uint8 bytes."
-        )
-    shape_dtype, shape_shape = info[key + SHAPE_SUFFIX]
-    if shape_dtype != "I64" or shape_shape != (len(entry.shape),):
-        raise CheckpointError(
-            path,
-            key + SHAPE_SUFFIX,
-            f"{key!r} stores its shape as {shape_dtype} {list(shape_shape)}, the metadata declares "
-            f"{len(entry.shape)} dimensions (int64).",
-        )
 
 
 def read_compact_weights(

@@ -1,7 +1,8 @@
 """What a compact file declares about its pruned tensors, checked before anything is allocated.
 
 `parse_entries` reads the `sparse_tensors` metadata (bounded JSON, every field typed and in
-range); `check_against_model` compares the entries with the tensors of the model they are loaded
+range); `check_parts` checks the three stored tensors of each entry from their headers;
+`check_against_model` compares the entries with the tensors of the model they are loaded
 into (`model_tensors`): every entry must be a tensor of the model, name that tensor's parameter,
 and declare its shape. Only then do the declared sizes size an allocation, so the cost of reading
 a file is bounded by the file and the model, never by what the file claims.
@@ -18,6 +19,12 @@ import torch
 
 from ..untrusted import CheckpointError, check_int, check_shape, describe, parse_json
 from .codec import ENCODING_IDS, STORED_DTYPES
+
+# A pruned weight `K` is stored as `K.afr_values`, `K.afr_mask` and `K.afr_shape` (see `compact`).
+VALUES_SUFFIX = ".afr_values"
+MASK_SUFFIX = ".afr_mask"
+SHAPE_SUFFIX = ".afr_shape"
+SPARSE_SUFFIXES = (VALUES_SUFFIX, MASK_SUFFIX, SHAPE_SUFFIX)
 
 ENTRY_FIELDS = ("param", "shape", "dtype", "nnz", "encoding")
 """Fields every entry of `sparse_tensors` has; `crc32` (of the mask bytes) is optional."""
@@ -173,3 +180,44 @@ def check_against_model(
                 f"has shape {list(shape)} but the model built from config.json expects "
                 f"{list(expected[key][1])}; the weights do not belong to this config.",
             )
+
+
+def check_parts(path: str, entry: CompactEntry, info: Mapping) -> None:
+    """Check the three stored parts of an entry against it, from their safetensors headers
+    (`info`: `{name: (dtype, shape)}`); nothing is read."""
+    key = entry.key
+    parts = [key + suffix for suffix in SPARSE_SUFFIXES]
+    absent = [p for p in parts if p not in info]
+    if absent:
+        raise CheckpointError(
+            path, absent[0], f"pruned tensor {key!r} lacks {absent}; the file is incomplete."
+        )
+    if key in info:
+        raise CheckpointError(path, key, f"{key!r} is stored both dense and sparse.")
+    values_dtype, values_shape = info[key + VALUES_SUFFIX]
+    if values_dtype != STORED_DTYPES[entry.dtype][1]:
+        raise CheckpointError(
+            path,
+            key + VALUES_SUFFIX,
+            f"values of {key!r} are stored as {values_dtype}, the metadata declares {entry.dtype}.",
+        )
+    if values_shape != (entry.nnz,):
+        raise CheckpointError(
+            path,
+            key + VALUES_SUFFIX,
+            f"{key!r} stores {list(values_shape)} values, the metadata declares {entry.nnz} kept "
+            "weights.",
+        )
+    mask_dtype, mask_shape = info[key + MASK_SUFFIX]
+    if mask_dtype != "U8" or len(mask_shape) != 1 or mask_shape[0] < 1:
+        raise CheckpointError(
+            path, key + MASK_SUFFIX, f"the mask of {key!r} must be non-empty 1-D uint8 bytes."
+        )
+    shape_dtype, shape_shape = info[key + SHAPE_SUFFIX]
+    if shape_dtype != "I64" or shape_shape != (len(entry.shape),):
+        raise CheckpointError(
+            path,
+            key + SHAPE_SUFFIX,
+            f"{key!r} stores its shape as {shape_dtype} {list(shape_shape)}, the metadata declares "
+            f"{len(entry.shape)} dimensions (int64).",
+        )

@@ -3,15 +3,15 @@
 A small pruned ViT is saved in both formats; each variant below copies one of them and crafts
 a file (the variants of the hostile-checkpoint issue: memory bombs, amplification, a slow path,
 malformed fields, trusted metadata, links and mixed formats). Each reading path then runs in a
-fresh subprocess, which reports its peak resident memory (`VmHWM`) and the wall time of the read
-(after the imports):
+fresh subprocess: peak resident memory (`VmHWM`, sampled if the run is cut off) and wall time
+of the read (after the imports):
 
 - `load`: `AutoModelForImageClassification.from_pretrained` after `import hf_afr`;
 - `pruner`: `AFRPruner.from_pretrained`;
 - `report`, `densify`, `compact`: the `hf-afr` command (DST a fresh folder).
 
 Outcome: `error` (hf_afr's `CheckpointError`, one line), `raw <Type>` (any other exception),
-`ok` (no complaint), `timeout`. `written`: files left in DST, or a changed source folder.
+`ok`, `timeout`. `written`: files left in DST, or a changed source folder.
 
     python benchmarks/hostile_checkpoints.py [--only NAME ...] [--timeout 120] [--memory-cap-gb 8]
 """
@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,7 +205,7 @@ def both_formats(folder: Path) -> None:
     (folder / COMPACT).write_bytes((folder.parent / "base-compact" / COMPACT).read_bytes())
 
 
-def _with(key: str, value):
+def _with(key: str, value):  # a JSON edit setting one key
     return lambda data: {**data, key: value}
 
 
@@ -303,35 +304,50 @@ try:
             if status:
                 outcome = "exit %d" % status
             err_text.write(out.getvalue().splitlines()[0] if out.getvalue() else "")
-    message = err_text.getvalue().strip().splitlines()[-1:] or [""]
-    message = message[0]
+    message = (err_text.getvalue().strip().splitlines()[-1:] or [""])[0]
 except Exception as err:
     kind = getattr(hf_afr, "CheckpointError", None)
     outcome = "error" if kind is not None and isinstance(err, kind) else "raw " + type(err).__name__
     message = " ".join(str(err).split())
 seconds = time.perf_counter() - start
-# VmHWM: this process's own peak (ru_maxrss would include the parent's size at fork).
 with open("/proc/self/status") as f:
     peak = next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 2**20
 print(json.dumps(dict(outcome=outcome, message=message[:160], seconds=seconds, peak_gb=peak)))
 """
 
 
+def _peak_gb(pid: int) -> float:
+    """VmHWM of a process: its own peak (ru_maxrss would count the parent's size at fork)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def run_path(folder: Path, path: str, timeout: float, cap: float, env: dict) -> dict:
     dst = folder.parent / f"{folder.name}-{path}-out"
     before = sorted(os.listdir(folder))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", CHILD, str(folder), path, str(dst), str(cap)],
-            capture_output=True, text=True, timeout=timeout, env=env, cwd=folder.parent,
-        )  # fmt: skip
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(folder), path, str(dst), str(cap)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=folder.parent,
+    )  # fmt: skip
+    peak, start = 0.0, time.perf_counter()
+    while proc.poll() is None and time.perf_counter() - start < timeout:
+        peak = max(peak, _peak_gb(proc.pid))  # the peak so far, should the run be cut off
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+        result = dict(outcome="timeout", message=f">= {peak:.2f} GB when stopped", seconds=timeout)
+        result["peak_gb"] = peak
+    else:
+        stdout, stderr = proc.communicate()
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
         result = json.loads(lines[-1]) if lines else {
-            "outcome": f"died rc={proc.returncode}", "message": proc.stderr[-160:],
-            "seconds": float("nan"), "peak_gb": float("nan"),
+            "outcome": f"died rc={proc.returncode}", "message": stderr[-160:],
+            "seconds": time.perf_counter() - start, "peak_gb": peak,
         }  # fmt: skip
-    except subprocess.TimeoutExpired:
-        result = dict(outcome="timeout", message="", seconds=timeout, peak_gb=float("nan"))
     if result["outcome"].startswith("exit"):  # the CLI's one line is hf_afr's error line
         result["outcome"] = "error" if "error:" in result["message"] else result["outcome"]
     written = []

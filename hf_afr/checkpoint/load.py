@@ -259,7 +259,7 @@ def inspect_checkpoint(folder: str | os.PathLike) -> tuple[str, SparsityReport]:
             f"information bound of the pruned tensors {information_bound(entries):.0f} bytes"
         )
     else:
-        masks = load_masks(os.path.join(folder, MASKS_NAME), model)
+        masks = load_masks(weights, model)
         header = f"dense checkpoint {folder} with masks {MASKS_NAME}"
     check_weights_follow_masks(model, masks, folder)
     return header + "; weights checked against the masks", SparsityReport.from_masks(masks)

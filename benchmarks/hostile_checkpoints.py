@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 rows.append({"variant": variant.name, "path": path, **r})
                 print(
                     f"| {variant.name} | {path} | {r['outcome']} | {r['peak_gb']:.2f} | "
-                    f"{r['seconds']:.1f} | {r['written']} | {r['message'][:110]} |",
+                    f"{r['seconds']:.1f} | {r['written']} ({r.get('bytes', 0) / 2**20:.0f} MiB) | {r['message'][:110]} |",
                     flush=True,
                 )
     return rows

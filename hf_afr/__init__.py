@@ -19,6 +19,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "tiny-vit-glyph
 
 _LAZY_ATTRIBUTES = {
     "AFRPruner": ".pruner",
+    "CheckpointError": ".untrusted",
     "MaskEnforcer": ".enforcement",
     "PrunerConfig": ".config",
     "PruningMaskCallback": ".enforcement",
@@ -44,6 +45,7 @@ _LAZY_ATTRIBUTES = {
 
 __all__ = [
     "AFRPruner",
+    "CheckpointError",
     "DEFAULT_MODEL",
     "MaskEnforcer",
     "PrunerConfig",
@@ -87,6 +89,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .resume import ResumingTrainer
     from .structure.report import StructureReport, count_macs, structure_report
     from .targets import find_prunable_parameters
+    from .untrusted import CheckpointError
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import os
 import shutil
 import tempfile
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from transformers.utils import logging
+
+from .untrusted import CheckpointError, read_json_file
 
 logger = logging.get_logger(__name__)
 
@@ -53,15 +54,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON object in `path`; a `ValueError` naming the file if it is not one."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}.") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
-    return data
+    """The JSON object in `path`, read with bounded size and depth (`untrusted.read_json_file`).
+
+    Raises:
+        CheckpointError: (a `ValueError`) naming the file, if it is not one bounded JSON object.
+    """
+    return read_json_file(path)
 
 
 def check_folder_target(save_directory: str | os.PathLike) -> str:
@@ -111,14 +109,14 @@ def staged_directory(
     os.makedirs(save_directory, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".hf_afr-staging-", dir=save_directory)
     try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:  # a failed save leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                os.rmdir(save_directory)
-        raise
-    try:
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if created:  # a folder this call made is not left behind, empty
+                with contextlib.suppress(OSError):
+                    os.rmdir(save_directory)
+            raise
         produced = sorted(os.listdir(staging), key=_commit_order)
         for name in produced:
             _make_readable(os.path.join(staging, name))
@@ -142,6 +140,35 @@ def _commit_order(name: str) -> tuple[int, str]:
     if name.endswith((".safetensors", ".bin")):
         return 0, name
     return (2, name) if name == "config.json" else (1, name)
+
+
+def contained_file(folder: str | os.PathLike, name: str) -> str | None:
+    """The path of `name` in a local checkpoint folder, or None if the folder has no such entry.
+
+    A checkpoint may come from a stranger: a link is followed only to a regular file inside the
+    folder (or, for a Hub cache snapshot, inside that repository's `blobs` folder), never out.
+
+    Raises:
+        CheckpointError: if the entry is a link out of the folder or not a regular file.
+    """
+    folder = os.fspath(folder)
+    path = os.path.join(folder, name)
+    if not os.path.lexists(path):
+        return None
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    roots = [root]
+    if os.path.basename(os.path.dirname(root)) == "snapshots":  # the Hub cache's layout
+        roots.append(os.path.join(os.path.dirname(os.path.dirname(root)), "blobs"))
+    if not any(os.path.commonpath([real, r]) == r for r in roots):
+        raise CheckpointError(
+            path,
+            None,
+            f"is a link to {real}, outside the checkpoint folder; hf_afr does not follow links "
+            "out of a checkpoint. Copy the file into the folder instead.",
+        )
+    if not os.path.isfile(real):
+        raise CheckpointError(path, None, "is not a regular file.")
+    return path
 
 
 def resolve_file(
@@ -169,8 +196,8 @@ def resolve_file(
     """
     name_or_path = os.fspath(name_or_path)
     if os.path.isdir(name_or_path):
-        path = os.path.join(name_or_path, filename)
-        if os.path.isfile(path):
+        path = contained_file(name_or_path, filename)
+        if path is not None:
             return path
         if missing_ok:
             return None

@@ -17,6 +17,7 @@ from .architectures import get_architecture, resolve_feature_token
 from .checkpoint.card import create_model_card
 from .checkpoint.card_data import PrunedCardData
 from .checkpoint.load import (
+    check_local_checkpoint,
     is_compact_config,
     load_classifier,
     load_image_processor,
@@ -105,10 +106,12 @@ class AFRPruner:
         hub_kwargs = {
             k: model_kwargs[k] for k in ("revision", "token", "cache_dir") if k in model_kwargs
         }
+        if os.path.isdir(name_or_path):
+            check_local_checkpoint(name_or_path)
         model_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
         model = load_classifier(name_or_path, model_config, model_kwargs)
         saved_config, saved_masks = load_pruning_state(
-            name_or_path, is_compact=is_compact_config(model_config), **hub_kwargs
+            name_or_path, is_compact=is_compact_config(model_config), model=model, **hub_kwargs
         )
         pruner = cls(model, config if config is not None else saved_config)
         if saved_masks is not None:

@@ -4,6 +4,7 @@ Modules, one concern each:
 
 - `formats`: the two formats and every file name (nowhere else);
 - `codec`: lossless coding of a pruned tensor (mask bytes + kept values);
+- `entries`: what a compact file declares, checked against the model before anything is allocated;
 - `compact`: the compact weights file (writer and the one validating reader);
 - `masks_file`: the masks sidecar of dense checkpoints;
 - `card_data`: `PrunedCardData`, what a card reports besides the pruning (built once);
@@ -18,6 +19,7 @@ Modules, one concern each:
   and its card section; `structured_loader`: its `from_pretrained` with hf_afr installed.
 """
 
+from ..untrusted import CheckpointError
 from .card import create_model_card, merge_model_cards, save_model_card
 from .card_data import PrunedCardData
 from .compact import read_compact_header, read_compact_weights
@@ -42,6 +44,7 @@ from .save import save_pruned_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMATS",
+    "CheckpointError",
     "COMPACT_WEIGHTS_NAME",
     "DENSE_WEIGHTS_NAME",
     "MASKS_NAME",

@@ -21,6 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..config import CONTROLS, PrunerConfig
 from ..files import atomic_path, atomic_write_text
 from ..report import SparsityReport
+from ..untrusted import MAX_JSON_DEPTH, CheckpointError, json_depth
 from ..version import __version__
 from .card_data import PrunedCardData
 from .formats import DENSITY_PLOT_NAME, MODEL_CARD_NAME, check_format, weights_file
@@ -29,6 +30,8 @@ TEMPLATE_NAME = "pruned_model_card.md"
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_cards" / TEMPLATE_NAME
 CARD_START = "<!-- hf_afr:card:start -->"
 CARD_END = "<!-- hf_afr:card:end -->"
+MAX_CARD_BYTES = 4 * 2**20
+"""Largest existing README.md read (its metadata merged into a new card)."""
 
 METHODS = {
     "afr": (
@@ -227,11 +230,45 @@ def save_model_card(
     path = os.path.join(save_directory, MODEL_CARD_NAME)
     existing = existing if existing is not None else path
     if os.path.isfile(existing):
-        card = merge_model_cards(ModelCard.load(existing, ignore_metadata_errors=True), card)
+        card = merge_model_cards(load_card(existing), card)
     if report is not None and report.tensors:
         plot_density(report, os.path.join(save_directory, DENSITY_PLOT_NAME))
     atomic_write_text(path, str(card))
     return path
+
+
+def load_card(path: str | os.PathLike) -> ModelCard:
+    """An existing model card, read with bounded size and YAML metadata depth.
+
+    Raises:
+        CheckpointError: if the file is too large, not UTF-8, or its metadata cannot be read.
+    """
+    with open(path, "rb") as f:
+        data = f.read(MAX_CARD_BYTES + 1)
+    if len(data) > MAX_CARD_BYTES:
+        raise CheckpointError(path, None, f"is larger than the {MAX_CARD_BYTES} bytes accepted.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(
+            path, None, f"is not UTF-8 text (invalid byte at offset {err.start})."
+        ) from None
+    head = text.split("\n---", 1)[0] if text.startswith("---") else ""
+    if json_depth(head) > MAX_JSON_DEPTH or _indent_depth(head) > MAX_JSON_DEPTH:
+        raise CheckpointError(path, "metadata", "nests too deep to be read.")
+    try:
+        card = ModelCard(text, ignore_metadata_errors=True)
+        card.data.to_dict()
+    except Exception as err:  # noqa: BLE001 - YAML and card errors of every kind
+        raise CheckpointError(
+            path, "metadata", f"cannot be read ({' '.join(str(err).split())[:200]})."
+        ) from None
+    return card
+
+
+def _indent_depth(head: str) -> int:
+    """Block-YAML nesting of front matter, bounded by its deepest indentation."""
+    return max((len(line) - len(line.lstrip(" -")) for line in head.splitlines()), default=0) // 2
 
 
 def plot_density(report: SparsityReport, path: str | os.PathLike) -> None:

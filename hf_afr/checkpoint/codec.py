@@ -116,6 +116,20 @@ def encode_bits(bits: np.ndarray, positions: np.ndarray | None = None) -> tuple[
     return bytes([ENCODING_IDS[encoding]]) + candidates[encoding], encoding
 
 
+def mask_bytes_bound(encoding: str, numel: int, nnz: int) -> int:
+    """The most bytes the decoded stream of a valid mask of `numel` weights, `nnz` kept, holds.
+
+    zlib streams are decompressed with this bound, which follows from the checked shape and
+    count, never from the stream: a packed bitmask has `ceil(numel / 8)` bytes; a gap code has
+    one byte per coded position (kept ones, or pruned ones for `pruned-gaps-zlib`) plus one per
+    255 weights skipped.
+    """
+    if encoding in ("bitmask", "bitmask-zlib"):
+        return (numel + 7) // 8
+    coded = nnz if encoding == "gaps-zlib" else numel - nnz
+    return coded + numel // 255 + 1
+
+
 def decode_positions(data: bytes, numel: int, nnz: int, name: str = "mask") -> np.ndarray:
     """Decode `encode_mask` bytes into the sorted flat positions of the kept entries (int64).
 
@@ -126,10 +140,12 @@ def decode_positions(data: bytes, numel: int, nnz: int, name: str = "mask") -> n
         code = data[0] if data else None
         raise ValueError(f"Corrupt mask for {name!r}: unknown mask encoding {code!r}.")
     encoding, payload = MASK_ENCODINGS[data[0]], data[1:]
+    if not 0 <= nnz <= numel:
+        raise ValueError(f"Corrupt compact tensor {name!r}: {nnz} kept of {numel} weights.")
     n_bytes = (numel + 7) // 8
     if encoding in ("bitmask", "bitmask-zlib"):
         if encoding == "bitmask-zlib":
-            payload = _inflate(payload, n_bytes, name)
+            payload = _inflate(payload, mask_bytes_bound(encoding, numel, nnz), name)
         if len(payload) != n_bytes:
             raise ValueError(
                 f"Corrupt mask for {name!r}: {len(payload)} bitmask bytes for {numel} weights "
@@ -140,8 +156,7 @@ def decode_positions(data: bytes, numel: int, nnz: int, name: str = "mask") -> n
             raise ValueError(f"Corrupt mask for {name!r}: padding bits are set.")
         positions = np.flatnonzero(np.unpackbits(packed, count=numel))
     else:
-        # At most one byte per position plus one per 255 skipped weights.
-        payload = _inflate(payload, numel + numel // 255 + 1, name)
+        payload = _inflate(payload, mask_bytes_bound(encoding, numel, nnz), name)
         positions = _ungaps(payload, numel, name)
         if encoding == "pruned-gaps-zlib":
             bits = np.ones(numel, dtype=bool)

@@ -25,8 +25,8 @@ import copy
 import json
 import math
 import os
+import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,25 +34,32 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..files import atomic_path, atomic_write_text
+from ..untrusted import CheckpointError, check_int
 from ..version import __version__
 from .codec import (
-    ENCODING_IDS,
     MASK_ENCODINGS,
     STORED_DTYPES,
     compact_tensor,
     decode_positions,
     densify_with_positions,
 )
-from .formats import COMPACT_WEIGHTS_NAME, CONFIG_NAME
+from .entries import (  # noqa: F401 - the suffixes are re-exported
+    MASK_SUFFIX,
+    SHAPE_SUFFIX,
+    SPARSE_SUFFIXES,
+    VALUES_SUFFIX,
+    CompactEntry,
+    ModelTensors,
+    check_against_model,
+    check_parts,
+    disk_state_dict,
+    parse_entries,
+)
+from .formats import COMPACT_QUANT_METHOD, COMPACT_WEIGHTS_NAME, CONFIG_NAME
 
 COMPACT_FORMAT = "hf_afr.compact"
 COMPACT_FORMAT_VERSION = 1
-COMPACT_QUANT_METHOD = "hf_afr_compact"
 
-VALUES_SUFFIX = ".afr_values"
-MASK_SUFFIX = ".afr_mask"
-SHAPE_SUFFIX = ".afr_shape"
-SPARSE_SUFFIXES = (VALUES_SUFFIX, MASK_SUFFIX, SHAPE_SUFFIX)
 
 # Plain transformers refuses a `transformers_weights` entry that is not a *.safetensors file name and
 # prints it in its error message; hf_afr's loader swaps in the real file name.
@@ -61,42 +68,6 @@ PLAIN_LOAD_GUARD = (
     "repository (`pip install .` in a clone) and `import hf_afr` before `from_pretrained`, or "
     "convert it with `hf-afr densify SRC DST`"
 )
-
-
-@dataclass(frozen=True)
-class CompactEntry:
-    """What the metadata declares about one pruned tensor."""
-
-    key: str
-    param: str
-    shape: tuple[int, ...]
-    dtype: str
-    nnz: int
-    encoding: str
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-# --------------------------------------------------------------------------- key names
-
-
-def disk_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The state dict under the key names `save_pretrained` writes, and `{disk key: param name}`.
-
-    transformers 5 renamed ViT modules but keeps writing the 4.x key names; using the same
-    mapping makes compact files load through transformers' own renaming, like dense ones.
-    """
-    state = {k: v for k, v in model.state_dict().items()}
-    try:
-        from transformers.core_model_loading import revert_weight_conversion
-
-        on_disk = revert_weight_conversion(model, dict(state))
-    except ImportError:  # older or newer transformers: module names are the disk names
-        on_disk = dict(state)
-    names = {id(t): k for k, t in state.items()}
-    return on_disk, {key: names.get(id(t), key) for key, t in on_disk.items()}
 
 
 # --------------------------------------------------------------------------- files
@@ -142,6 +113,7 @@ def save_compact_weights(
             dtype=dtype,
             nnz=parts[VALUES_SUFFIX].numel(),
             encoding=MASK_ENCODINGS[int(parts[MASK_SUFFIX][0])],
+            crc32=zlib.crc32(parts[MASK_SUFFIX].numpy().tobytes()),
         )
     metadata = {
         "format": COMPACT_FORMAT,
@@ -155,6 +127,7 @@ def save_compact_weights(
                     "dtype": e.dtype,
                     "nnz": e.nnz,
                     "encoding": e.encoding,
+                    "crc32": e.crc32,
                 }
                 for key, e in entries.items()
             }
@@ -165,114 +138,100 @@ def save_compact_weights(
     return entries
 
 
-def read_compact_header(path: str | os.PathLike) -> dict[str, CompactEntry]:
+def read_compact_header(
+    path: str | os.PathLike, expected: ModelTensors | None = None, strict: bool = False
+) -> dict[str, CompactEntry]:
     """Read and check the structure of a compact weights file, without decoding the masks.
 
-    Checks: the file is complete safetensors, the format and version are known, every pruned
-    tensor has its three parts with the declared dtypes and sizes, no part is orphaned.
+    Checks: the file is complete safetensors, the format and version are known, every metadata
+    field is typed and in range, every pruned tensor has its three parts with the declared dtypes
+    and sizes, no part is orphaned; with `expected`, every entry is a tensor of the model with
+    its parameter name and shape. Only the small shape tensors are read.
+
+    Args:
+        path (`str` or `os.PathLike`): the `model.compact.safetensors` file.
+        expected (`dict`, *optional*): `{disk key: (parameter, shape)}` of the model the file is
+            for (`entries.model_tensors`). Pass it for files from others: it bounds what the
+            declared shapes may allocate by the model's own size.
+        strict (`bool`, defaults to `False`): with `expected`, also check the shapes of the
+            tensors stored dense (off when loading, where a head may be resized).
 
     Raises:
-        ValueError: with the reason, for a truncated, foreign or inconsistent file.
+        CheckpointError: with the field, for a truncated, foreign, inconsistent or hostile file.
     """
     path = os.fspath(path)
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
-            names = f.keys()
-            slices = {k: f.get_slice(k) for k in names}
-            info = {k: (s.get_dtype(), tuple(s.get_shape())) for k, s in slices.items()}
-            shapes = {k: f.get_tensor(k) for k in info if k.endswith(SHAPE_SUFFIX)}
+            info = {}
+            for k in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                part = f.get_slice(k)
+                info[k] = (part.get_dtype(), tuple(part.get_shape()))
     except (SafetensorError, OSError) as err:
-        raise ValueError(
-            f"Cannot read the compact checkpoint {path}: {err}. The file is truncated or is not "
-            "a safetensors file; re-save or re-download it."
+        raise CheckpointError(
+            path,
+            None,
+            f"cannot be read ({err}). The file is truncated or is not a safetensors file; "
+            "re-save or re-download it.",
         ) from err
     if metadata.get("format") != COMPACT_FORMAT:
-        raise ValueError(
-            f"{path} is not an hf_afr compact checkpoint (metadata format is "
-            f"{metadata.get('format')!r}, expected {COMPACT_FORMAT!r})."
+        raise CheckpointError(
+            path,
+            "metadata.format",
+            f"is {str(metadata.get('format'))[:40]!r}: not an hf_afr compact checkpoint "
+            f"(expected {COMPACT_FORMAT!r}).",
         )
-    try:
-        version = int(metadata.get("format_version", ""))
-    except ValueError:
-        version = -1
-    if version < 1 or version > COMPACT_FORMAT_VERSION:
-        raise ValueError(
-            f"{path} uses compact format version {metadata.get('format_version')!r}; this hf_afr "
-            f"reads version {COMPACT_FORMAT_VERSION}. Upgrade hf_afr."
+    version = str(metadata.get("format_version", ""))
+    if version not in {str(v) for v in range(1, COMPACT_FORMAT_VERSION + 1)}:
+        raise CheckpointError(
+            path,
+            "metadata.format_version",
+            f"is {version[:20]!r}; this hf_afr reads version {COMPACT_FORMAT_VERSION}. Upgrade "
+            "hf_afr.",
         )
-    try:
-        declared = json.loads(metadata.get("sparse_tensors", ""))
-        entries = {
-            key: CompactEntry(
-                key=key,
-                param=str(d["param"]),
-                shape=tuple(int(s) for s in d["shape"]),
-                dtype=str(d["dtype"]),
-                nnz=int(d["nnz"]),
-                encoding=str(d["encoding"]),
-            )
-            for key, d in declared.items()
-        }
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ValueError(f"{path}: unreadable `sparse_tensors` metadata ({err!r}).") from None
+    entries = parse_entries(path, metadata.get("sparse_tensors"))
+    if expected is not None:
+        dense = {k: shape for k, (_, shape) in info.items() if not k.endswith(SPARSE_SUFFIXES)}
+        check_against_model(path, entries, dense if strict else {}, expected)
     for entry in entries.values():
-        _check_entry(path, entry, info, shapes)
+        check_parts(path, entry, info)
     orphans = sorted(
         k for k in info if k.endswith(SPARSE_SUFFIXES) and k.rsplit(".", 1)[0] not in entries
     )
     if orphans:
-        raise ValueError(f"{path}: tensors {orphans[:3]} are not declared in the metadata.")
+        raise CheckpointError(
+            path, orphans[0], f"tensors {orphans[:3]} are not declared in the metadata."
+        )
+    with safe_open(path, framework="pt") as f:
+        for key, entry in entries.items():
+            stored = f.get_tensor(key + SHAPE_SUFFIX).tolist()
+            if stored != list(entry.shape):
+                raise CheckpointError(
+                    path,
+                    key + SHAPE_SUFFIX,
+                    f"{key!r} stores shape {stored}, the metadata declares {list(entry.shape)}.",
+                )
     return entries
 
 
-def _check_entry(path: str, entry: CompactEntry, info: dict, shapes: dict) -> None:
-    key = entry.key
-    parts = [key + suffix for suffix in SPARSE_SUFFIXES]
-    absent = [p for p in parts if p not in info]
-    if absent:
-        raise ValueError(f"{path}: pruned tensor {key!r} lacks {absent}; the file is incomplete.")
-    if key in info:
-        raise ValueError(f"{path}: {key!r} is stored both dense and sparse.")
-    if entry.dtype not in STORED_DTYPES:
-        raise ValueError(f"{path}: {key!r} declares unsupported dtype {entry.dtype!r}.")
-    if entry.encoding not in ENCODING_IDS:
-        raise ValueError(f"{path}: {key!r} declares unknown mask encoding {entry.encoding!r}.")
-    if any(s < 0 for s in entry.shape) or not 0 <= entry.nnz <= entry.numel:
-        raise ValueError(
-            f"{path}: {key!r} declares {entry.nnz} kept values for shape {list(entry.shape)}."
-        )
-    values_dtype, values_shape = info[key + VALUES_SUFFIX]
-    if values_dtype != STORED_DTYPES[entry.dtype][1]:
-        raise ValueError(
-            f"{path}: values of {key!r} are stored as {values_dtype}, the metadata declares "
-            f"{entry.dtype}."
-        )
-    if values_shape != (entry.nnz,):
-        raise ValueError(
-            f"{path}: {key!r} stores {list(values_shape)} values, the metadata declares "
-            f"{entry.nnz} kept weights."
-        )
-    mask_dtype, mask_shape = info[key + MASK_SUFFIX]
-    if mask_dtype != "U8" or len(mask_shape) != 1 or mask_shape[0] < 1:
-        raise ValueError(f"{path}: the mask of {key!r} must be non-empty 1-D uint8 bytes.")
-    stored_shape = shapes[key + SHAPE_SUFFIX]
-    if stored_shape.dtype != torch.int64 or stored_shape.tolist() != list(entry.shape):
-        raise ValueError(
-            f"{path}: {key!r} stores shape {stored_shape.tolist()}, the metadata declares "
-            f"{list(entry.shape)}."
-        )
-
-
 def read_compact_weights(
-    path: str | os.PathLike, load_values: bool = True
+    path: str | os.PathLike,
+    load_values: bool = True,
+    expected: ModelTensors | None = None,
+    strict: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, CompactEntry]]:
     """Read and fully validate a compact weights file: structure, dtypes and every mask.
+
+    Every declared size is checked (`read_compact_header`) before it sizes an allocation, and
+    every mask is decompressed with a bound derived from its checked shape.
 
     Args:
         path (`str` or `os.PathLike`): the `model.compact.safetensors` file.
         load_values (`bool`, defaults to `True`): also rebuild the dense tensors; with `False`
             only the masks are decoded (enough to validate the file or to read its masks).
+        expected (`dict`, *optional*): `{disk key: (parameter, shape)}` of the model the file
+            is for; see `read_compact_header`.
+        strict (`bool`, defaults to `False`): see `read_compact_header`.
 
     Returns:
         `(state_dict, masks, entries)`: the dense tensors under their disk keys (empty without
@@ -280,25 +239,43 @@ def read_compact_weights(
         keyed by disk key.
 
     Raises:
-        ValueError: for a truncated, foreign or inconsistent file.
+        CheckpointError: (a `ValueError`) for a truncated, foreign, inconsistent or hostile file.
     """
-    entries = read_compact_header(path)
+    path = os.fspath(path)
+    entries = read_compact_header(path, expected, strict)
     state: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
-    with safe_open(os.fspath(path), framework="pt") as f:
+    with safe_open(path, framework="pt") as f:
         names = f.keys()
         if load_values:
             state = {k: f.get_tensor(k) for k in names if not k.endswith(SPARSE_SUFFIXES)}
         for key, entry in entries.items():
-            mask_data = f.get_tensor(key + MASK_SUFFIX)
-            if load_values:
-                values, shape = f.get_tensor(key + VALUES_SUFFIX), f.get_tensor(key + SHAPE_SUFFIX)
-                state[key], positions = densify_with_positions(
-                    values, mask_data, shape, entry.param
+            field = key + MASK_SUFFIX
+            data = f.get_tensor(field).numpy().tobytes()
+            if MASK_ENCODINGS.get(data[0]) != entry.encoding:
+                raise CheckpointError(
+                    path,
+                    field,
+                    f"the mask of {key!r} is coded as {MASK_ENCODINGS.get(data[0], data[0])!r}, "
+                    f"the metadata declares {entry.encoding!r}.",
                 )
-            else:
-                data = mask_data.numpy().tobytes()
-                positions = decode_positions(data, entry.numel, entry.nnz, entry.param)
+            if entry.crc32 is not None and zlib.crc32(data) != entry.crc32:
+                raise CheckpointError(
+                    path,
+                    field,
+                    f"Corrupt mask for {entry.param!r}: its bytes fail their CRC-32 check; "
+                    "re-save or re-download the file.",
+                )
+            try:
+                if load_values:
+                    values = f.get_tensor(key + VALUES_SUFFIX)
+                    state[key], positions = densify_with_positions(
+                        values, data, entry.shape, entry.param
+                    )
+                else:
+                    positions = decode_positions(data, entry.numel, entry.nnz, entry.param)
+            except ValueError as err:
+                raise CheckpointError(path, field, str(err)) from None
             mask = np.zeros(entry.numel, dtype=bool)
             mask[positions] = True
             masks[entry.param] = torch.from_numpy(mask).view(entry.shape)
@@ -320,6 +297,35 @@ def information_bound(entries: Mapping[str, CompactEntry], dense_value_bytes: in
 
 
 # --------------------------------------------------------------------------- folders
+
+
+def check_quantization_config(quantization: Mapping, config_path: str = CONFIG_NAME) -> None:
+    """Check the fields hf_afr reads from a compact checkpoint's `quantization_config`.
+
+    Raises:
+        CheckpointError: naming `config_path` and the field.
+    """
+    name = quantization.get("weights_file", COMPACT_WEIGHTS_NAME)
+    if (
+        not isinstance(name, str)
+        or os.path.basename(name) != name
+        or name in ("", ".", "..")
+        or not name.endswith(".safetensors")
+    ):
+        raise CheckpointError(
+            config_path,
+            "quantization_config.weights_file",
+            f"is {str(name)[:60]!r}; expected a *.safetensors file name inside the checkpoint "
+            "folder.",
+        )
+    field = "quantization_config.format_version"
+    version = check_int(quantization.get("format_version"), config_path, field, 1, 2**31)
+    if version > COMPACT_FORMAT_VERSION:
+        raise CheckpointError(
+            config_path,
+            field,
+            f"is {version}; this hf_afr reads version {COMPACT_FORMAT_VERSION}. Upgrade hf_afr.",
+        )
 
 
 def compact_config_dict(model: torch.nn.Module) -> dict:

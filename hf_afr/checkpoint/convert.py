@@ -12,13 +12,17 @@ import json
 import os
 import shutil
 
+import torch
 from safetensors.torch import save_file
 
+from ..architectures import get_architecture
 from ..config import PrunerConfig
-from ..files import atomic_write_text, read_json_object, resolve_file, staged_directory
+from ..files import atomic_write_text, contained_file, staged_directory
 from ..report import SparsityReport
+from ..untrusted import CheckpointError
 from .card import create_model_card, save_model_card
-from .compact import COMPACT_QUANT_METHOD, CompactEntry, read_compact_weights
+from .compact import COMPACT_QUANT_METHOD, read_compact_header, read_compact_weights
+from .entries import CompactEntry, model_tensors
 from .formats import (
     COMPACT_WEIGHTS_NAME,
     CONFIG_NAME,
@@ -27,8 +31,11 @@ from .formats import (
     MASKS_NAME,
     MODEL_CARD_NAME,
     PRUNER_CONFIG_NAME,
+    check_one_format,
+    other_format_files,
+    read_config_file,
 )
-from .load import check_weights_follow_masks, load_classifier
+from .load import check_weights_follow_masks, load_classifier, quiet_transformers
 from .masks_file import load_masks, save_masks
 from .save import save_pruned_checkpoint
 
@@ -40,36 +47,53 @@ def densify_checkpoint(
 
     Writes `model.safetensors` (standard, loads without hf_afr), `pruning_masks.safetensors`,
     `config.json` without the compact loading guard, the other files of the source (pruning
-    config, image processor, plot) and the README.md with its format section updated.
+    config, image processor, plot) and the README.md with its format section updated. Every
+    file is read and checked first (the pruned tensors against the model `config.json`
+    describes, built without memory on the meta device); the output is staged and moved into
+    place only when complete.
 
     Returns:
         `dict[str, CompactEntry]`: the pruned tensors of the source, keyed by disk key.
+
+    Raises:
+        CheckpointError: (a `ValueError`) naming the file and field of a malformed source.
     """
     source_directory = os.fspath(source_directory)
-    config_path = os.path.join(source_directory, CONFIG_NAME)
-    weights_path = os.path.join(source_directory, COMPACT_WEIGHTS_NAME)
-    if not os.path.isfile(weights_path) or not os.path.isfile(config_path):
+    config_path = contained_file(source_directory, CONFIG_NAME)
+    weights_path = contained_file(source_directory, COMPACT_WEIGHTS_NAME)
+    if weights_path is None or config_path is None:
         raise ValueError(
             f"{source_directory} is not a compact checkpoint: it needs {CONFIG_NAME} and "
             f"{COMPACT_WEIGHTS_NAME}."
         )
-    config = read_json_object(config_path)
-    quantization = config.pop("quantization_config", None) or {}
-    if quantization.get("quant_method") != COMPACT_QUANT_METHOD:
-        raise ValueError(f"{config_path} does not declare an hf_afr compact checkpoint.")
+    check_one_format(source_directory)
+    config = read_config_file(config_path)
+    quantization = config.pop("quantization_config", None)
+    if (
+        not isinstance(quantization, dict)
+        or quantization.get("quant_method") != COMPACT_QUANT_METHOD
+    ):
+        raise CheckpointError(
+            config_path, "quantization_config", "does not declare an hf_afr compact checkpoint."
+        )
     config.pop("transformers_weights", None)
-    state, masks, entries = read_compact_weights(weights_path)
+    pruner_config_path = contained_file(source_directory, PRUNER_CONFIG_NAME)
+    pruner_config = None
+    if pruner_config_path is not None:
+        pruner_config = PrunerConfig.from_pretrained(pruner_config_path)
+    expected = _model_tensors_from_config(source_directory, config_path)
+    state, masks, entries = read_compact_weights(weights_path, True, expected, strict=True)
+    others = _other_files(source_directory, skip={CONFIG_NAME, COMPACT_WEIGHTS_NAME})
     with staged_directory(save_directory, stale=(COMPACT_WEIGHTS_NAME,)) as staging:
-        _copy_other_files(source_directory, staging, skip={CONFIG_NAME, COMPACT_WEIGHTS_NAME})
+        _copy_files(others, staging)
         save_file(state, os.path.join(staging, DENSE_WEIGHTS_NAME), metadata={"format": "pt"})
         save_masks(masks, os.path.join(staging, MASKS_NAME))
         text = json.dumps(config, indent=2, sort_keys=True) + "\n"
         atomic_write_text(os.path.join(staging, CONFIG_NAME), text)
-        pruner_config = resolve_file(source_directory, PRUNER_CONFIG_NAME, missing_ok=True)
         if pruner_config is not None:
             report = SparsityReport.from_masks(masks)
             card = create_model_card(
-                PrunerConfig.from_pretrained(pruner_config),
+                pruner_config,
                 report,
                 checkpoint_format="dense",
                 default_name=os.path.basename(os.path.abspath(save_directory)),
@@ -85,45 +109,82 @@ def compact_checkpoint(
 ) -> dict[str, CompactEntry]:
     """Convert a dense checkpoint pruned by hf_afr (with its masks) into a compact one.
 
+    Every file of the source is read and checked first (the masks against the loaded model);
+    the output is staged and moved into place only when complete.
+
     Returns:
         `dict[str, CompactEntry]`: the pruned tensors written, keyed by disk key.
+
+    Raises:
+        CheckpointError: (a `ValueError`) naming the file and field of a malformed source.
     """
     source_directory = os.fspath(source_directory)
-    masks_file = os.path.join(source_directory, MASKS_NAME)
-    config_file = os.path.join(source_directory, PRUNER_CONFIG_NAME)
     if os.path.isfile(os.path.join(source_directory, COMPACT_WEIGHTS_NAME)):
         raise ValueError(
             f"{source_directory} is already a compact checkpoint ({COMPACT_WEIGHTS_NAME}); "
             "nothing to do (`hf-afr densify` turns it back into a dense one)."
         )
-    if not os.path.isfile(masks_file) or not os.path.isfile(config_file):
+    masks_file = contained_file(source_directory, MASKS_NAME)
+    config_file = contained_file(source_directory, PRUNER_CONFIG_NAME)
+    if masks_file is None or config_file is None:
         raise ValueError(
             f"{source_directory} has no {MASKS_NAME} or {PRUNER_CONFIG_NAME}: only checkpoints "
             "pruned and saved by hf_afr (AFRPruner.save_pretrained) can be made compact."
         )
-    masks = load_masks(masks_file)
+    check_one_format(source_directory)
+    pruner_config = PrunerConfig.from_pretrained(config_file)
     model = load_classifier(source_directory)
+    masks = load_masks(masks_file, model)
     check_weights_follow_masks(model, masks, source_directory)
+    # The processor, plot and card come along (the card is then updated, not replaced).
+    skip = {CONFIG_NAME, MASKS_NAME, PRUNER_CONFIG_NAME, COMPACT_WEIGHTS_NAME}
+    others = _other_files(source_directory, skip, skip_weights=True)
     save_directory = os.fspath(save_directory)
-    with staged_directory(save_directory) as staging:
-        # The processor, plot and card come along (the card is then updated, not replaced).
-        skip = {CONFIG_NAME, MASKS_NAME, PRUNER_CONFIG_NAME, COMPACT_WEIGHTS_NAME}
-        _copy_other_files(source_directory, staging, skip, skip_weights=True)
-    save_pruned_checkpoint(
-        save_directory,
-        model,
-        masks,
-        PrunerConfig.from_pretrained(config_file),
-        checkpoint_format="compact",
-    )
-    return read_compact_weights(os.path.join(save_directory, COMPACT_WEIGHTS_NAME), False)[2]
+    name = os.path.basename(os.path.abspath(save_directory))
+    with staged_directory(save_directory, stale=other_format_files("compact")) as staging:
+        _copy_files(others, staging)
+        save_pruned_checkpoint(
+            staging,
+            model,
+            masks,
+            pruner_config,
+            checkpoint_format="compact",
+            card_kwargs={"model_name": name},
+        )
+        entries = read_compact_header(os.path.join(staging, COMPACT_WEIGHTS_NAME))
+    return entries
 
 
-def _copy_other_files(source: str, target: str, skip: set[str], skip_weights: bool = False) -> None:
-    for name in os.listdir(source):
-        path = os.path.join(source, name)
+def _model_tensors_from_config(folder: str, config_path: str) -> dict:
+    """`model_tensors` of the model `config.json` describes, built on the meta device."""
+    from transformers import AutoConfig
+
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(folder)
+        arch = get_architecture(config)
+        with torch.device("meta"):
+            model = arch.model_cls(config)
+    except Exception as err:  # noqa: BLE001 - any failure is a config that cannot be built
+        raise CheckpointError(
+            config_path, None, f"does not describe a model hf_afr can build ({err})."
+        ) from None
+    return model_tensors(model)
+
+
+def _other_files(source: str, skip: set[str], skip_weights: bool = False) -> list[str]:
+    """The other files of a checkpoint folder to carry over (links out of it refused)."""
+    found = []
+    for name in sorted(os.listdir(source)):
         is_weights = name.endswith((".safetensors", ".bin", ".safetensors.index.json"))
-        if name in skip or name.startswith(".") or not os.path.isfile(path):
+        if name in skip or name.startswith(".") or (skip_weights and is_weights):
             continue
-        if not (skip_weights and is_weights):
-            shutil.copyfile(path, os.path.join(target, name))
+        if os.path.isdir(os.path.join(source, name)):  # sub-folders (and links to any) stay
+            continue
+        found.append(contained_file(source, name))
+    return found
+
+
+def _copy_files(paths: list[str], target: str) -> None:
+    for path in paths:
+        shutil.copyfile(path, os.path.join(target, os.path.basename(path)))

@@ -23,17 +23,27 @@ from ..architectures import (
     module_names,
 )
 from ..config import PrunerConfig
-from ..files import resolve_file
+from ..files import contained_file, resolve_file
 from ..masks import nonzero_where_pruned
 from ..report import SparsityReport
 from ..structure.report import is_structured
 from ..structure.slicing import sized_class
-from .compact import COMPACT_QUANT_METHOD, information_bound, read_compact_weights
+from ..untrusted import CheckpointError, describe
+from .compact import (
+    COMPACT_QUANT_METHOD,
+    check_quantization_config,
+    information_bound,
+    read_compact_weights,
+)
+from .entries import model_tensors
 from .formats import (
     COMPACT_WEIGHTS_NAME,
+    CONFIG_NAME,
     IMAGE_PROCESSOR_NAME,
     MASKS_NAME,
     PRUNER_CONFIG_NAME,
+    folder_weights,
+    read_config_file,
 )
 from .masks_file import load_masks
 
@@ -66,6 +76,8 @@ def load_classifier(
     from transformers import AutoConfig
 
     name_or_path = os.fspath(name_or_path)
+    if os.path.isdir(name_or_path):  # config.json and weights read bounded before transformers
+        check_local_checkpoint(name_or_path)
     kwargs = {"ignore_mismatched_sizes": True, **(model_kwargs or {})}
     _complete_label_kwargs(kwargs)
     if model_config is None:
@@ -76,8 +88,6 @@ def load_classifier(
         arch = get_architecture(model_config)
     except ValueError as err:
         raise ValueError(f"{name_or_path}: {err}") from None
-    if os.path.isdir(name_or_path):
-        check_safetensors_files(name_or_path)
     try:
         with quiet_transformers():
             if model_config.model_type in arch.vision_model_types:
@@ -194,6 +204,17 @@ def quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+def check_local_checkpoint(folder: str | os.PathLike) -> None:
+    """Check a local checkpoint folder's `config.json` and weights files before transformers
+    reads them (`formats.read_config_file`, `check_safetensors_files`)."""
+    config_path = contained_file(folder, CONFIG_NAME)
+    if config_path is not None:
+        quantization = read_config_file(config_path).get("quantization_config") or {}
+        if quantization.get("quant_method") == COMPACT_QUANT_METHOD:
+            check_quantization_config(quantization, config_path)
+    check_safetensors_files(folder)
+
+
 def check_safetensors_files(folder: str | os.PathLike) -> None:
     """Raise a `ValueError` naming the first `*.safetensors` file of `folder` that is unreadable."""
     for path in sorted(glob.glob(os.path.join(os.fspath(folder), "*.safetensors"))):
@@ -220,7 +241,10 @@ def load_image_processor(name_or_path: str, **hub_kwargs: Any) -> Any | None:
 
 
 def load_pruning_state(
-    name_or_path: str | os.PathLike, is_compact: bool = False, **hub_kwargs: Any
+    name_or_path: str | os.PathLike,
+    is_compact: bool = False,
+    model: nn.Module | None = None,
+    **hub_kwargs: Any,
 ) -> tuple[PrunerConfig | None, dict[str, torch.Tensor] | None]:
     """`(PrunerConfig, masks)` saved beside a checkpoint; `(None, None)` if it was not pruned.
 
@@ -232,6 +256,8 @@ def load_pruning_state(
     Args:
         name_or_path (`str` or `os.PathLike`): a local folder or a Hub repository id.
         is_compact (`bool`, defaults to `False`): whether `config.json` declares the compact format.
+        model (`nn.Module`, *optional*): the loaded model; the masks are checked against its
+            parameters (names and shapes) before they are decoded.
         hub_kwargs: `revision`, `token`, `cache_dir`.
     """
     config_file = resolve_file(
@@ -242,15 +268,22 @@ def load_pruning_state(
     pruner_config = PrunerConfig.from_pretrained(config_file)
     if is_compact:
         compact_file = resolve_file(name_or_path, COMPACT_WEIGHTS_NAME, **hub_kwargs)
-        return pruner_config, read_compact_weights(compact_file, load_values=False)[1]
+        expected = None if model is None else model_tensors(model)
+        return pruner_config, read_compact_weights(compact_file, False, expected)[1]
     masks_file = resolve_file(name_or_path, MASKS_NAME, missing_ok=True, **hub_kwargs)
-    return pruner_config, load_masks(masks_file) if masks_file is not None else None
+    return pruner_config, load_masks(masks_file, model) if masks_file is not None else None
 
 
 def is_compact_config(model_config: Any) -> bool:
     """Whether a loaded transformers config declares an hf_afr compact checkpoint."""
     quantization = getattr(model_config, "quantization_config", None)
     if quantization is not None and not isinstance(quantization, dict):
+        if not hasattr(quantization, "to_dict"):
+            raise CheckpointError(
+                CONFIG_NAME,
+                "quantization_config",
+                f"must be a JSON object, got {describe(quantization)}.",
+            )
         quantization = quantization.to_dict()
     return (quantization or {}).get("quant_method") == COMPACT_QUANT_METHOD
 
@@ -283,21 +316,18 @@ def inspect_checkpoint(folder: str | os.PathLike) -> tuple[str, SparsityReport]:
             nonzero (the weights and masks do not belong together).
     """
     folder = os.fspath(folder)
-    compact = os.path.join(folder, COMPACT_WEIGHTS_NAME)
-    sidecar = os.path.join(folder, MASKS_NAME)
-    if os.path.isfile(compact):
-        _, masks, entries = read_compact_weights(compact, load_values=False)
+    checkpoint_format, weights = folder_weights(folder)
+    # The model first: for a compact file, its loader checks every entry against the model
+    # before any mask is decoded; the masks are then read against the model's parameters.
+    model = load_classifier(folder)
+    if checkpoint_format == "compact":
+        _, masks, entries = read_compact_weights(weights, False, model_tensors(model))
         header = (
-            f"compact checkpoint {folder}: {os.path.getsize(compact)} bytes of weights; "
+            f"compact checkpoint {folder}: {os.path.getsize(weights)} bytes of weights; "
             f"information bound of the pruned tensors {information_bound(entries):.0f} bytes"
         )
-    elif os.path.isfile(sidecar):
-        masks = load_masks(sidecar)
-        header = f"dense checkpoint {folder} with masks {MASKS_NAME}"
     else:
-        raise ValueError(
-            f"{folder} holds neither {MASKS_NAME} nor {COMPACT_WEIGHTS_NAME}: not pruned by hf_afr."
-        )
-    model = load_classifier(folder)
+        masks = load_masks(weights, model)
+        header = f"dense checkpoint {folder} with masks {MASKS_NAME}"
     check_weights_follow_masks(model, masks, folder)
     return header + "; weights checked against the masks", SparsityReport.from_masks(masks)

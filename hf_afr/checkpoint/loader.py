@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from ..untrusted import CheckpointError
 from .codec import densify_tensor
 from .compact import (
     COMPACT_FORMAT,
@@ -39,9 +40,11 @@ from .compact import (
     SHAPE_SUFFIX,
     SPARSE_SUFFIXES,
     VALUES_SUFFIX,
+    check_quantization_config,
     read_compact_weights,
 )
-from .formats import COMPACT_WEIGHTS_NAME
+from .entries import model_tensors
+from .formats import COMPACT_WEIGHTS_NAME, CONFIG_NAME
 from .structured_loader import narrow_to_config
 
 logger = logging.get_logger(__name__)
@@ -82,22 +85,16 @@ if _IMPORT_ERROR is None:
         ):
             self.quant_method = COMPACT_QUANT_METHOD
             self.format = kwargs.pop("format", COMPACT_FORMAT)
-            self.weights_file = weights_file
-            self.format_version = format_version
             # The loaded model is dense: transformers then removes the quantization state.
             self.dequantize = True
-            if os.path.basename(weights_file) != weights_file or not weights_file.endswith(
-                ".safetensors"
-            ):
-                raise ValueError(
-                    f"Invalid compact weights file name {weights_file!r} in config.json: expected a "
-                    "*.safetensors file name inside the checkpoint folder."
-                )
-            if int(format_version) > COMPACT_FORMAT_VERSION:
-                raise ValueError(
-                    f"This checkpoint uses compact format version {format_version}; this hf_afr "
-                    f"reads version {COMPACT_FORMAT_VERSION}. Upgrade hf_afr."
-                )
+            # Checked by `check` once the checkpoint's path is known (the quantizer's first hook).
+            self.weights_file = weights_file
+            self.format_version = format_version
+
+        def check(self, config_path: str) -> None:
+            """Raise a `CheckpointError` naming `config_path` for a field hf_afr cannot read."""
+            fields = {"weights_file": self.weights_file, "format_version": self.format_version}
+            check_quantization_config(fields, config_path)
 
     class AFRCompactDecode(ConversionOps):
         """Rebuild a dense weight from `weight.afr_values`, `weight.afr_mask`, `weight.afr_shape`."""
@@ -134,7 +131,15 @@ if _IMPORT_ERROR is None:
             dtype = None
             if model is not None and full_layer_name is not None:
                 with contextlib.suppress(AttributeError):
-                    dtype = model.get_parameter(full_layer_name).dtype
+                    param = model.get_parameter(full_layer_name)
+                    dtype = param.dtype
+                    stored = parts[SHAPE_SUFFIX]
+                    if stored.dim() != 1 or stored.tolist() != list(param.shape):
+                        raise CheckpointError(
+                            self.hf_quantizer.weights_path,
+                            name + SHAPE_SUFFIX,
+                            f"declares {stored.tolist()}, the model expects {list(param.shape)}.",
+                        )
             dense = densify_tensor(
                 parts[VALUES_SUFFIX],
                 parts[MASK_SUFFIX],
@@ -155,6 +160,7 @@ if _IMPORT_ERROR is None:
             super().__init__(quantization_config, **kwargs)
             self.decoded: set[str] = set()
             self.expected = 0
+            self.weights_path = COMPACT_WEIGHTS_NAME
 
         def validate_environment(self, *args: Any, **kwargs: Any) -> None:
             if not self.pre_quantized:
@@ -164,6 +170,8 @@ if _IMPORT_ERROR is None:
                 )
 
         def update_attn_implementation(self, config):
+            folder = getattr(config, "name_or_path", "") or ""
+            self.quantization_config.check(os.path.join(folder, CONFIG_NAME))
             # Runs before transformers resolves the weight files: swap the guard for the real name.
             if getattr(config, "transformers_weights", None) in (None, PLAIN_LOAD_GUARD):
                 config.transformers_weights = self.quantization_config.weights_file
@@ -176,17 +184,10 @@ if _IMPORT_ERROR is None:
                     f"A compact checkpoint has one weights file ({COMPACT_WEIGHTS_NAME}), got {files}."
                 )
             narrow_to_config(model, files)  # a structured model: its widths first
-            _, _, entries = read_compact_weights(files[0], load_values=False)
-            params = model.state_dict()
-            for entry in entries.values():
-                expected = params.get(entry.param)
-                if expected is not None and tuple(expected.shape) != entry.shape:
-                    raise ValueError(
-                        f"{files[0]}: pruned tensor {entry.param!r} has shape {list(entry.shape)} "
-                        f"but the model built from config.json expects {list(expected.shape)}. "
-                        "The weights do not belong to this config (a pruned tensor cannot be "
-                        "resized with `ignore_mismatched_sizes`; densify the checkpoint first)."
-                    )
+            # Every entry is checked against the model before any mask is decoded.
+            self.weights_path = files[0]
+            expected = model_tensors(model)
+            _, _, entries = read_compact_weights(files[0], load_values=False, expected=expected)
             self.expected = len(entries)
             return model
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from ..files import atomic_path
+from ..untrusted import CheckpointError, check_shape, describe, parse_json
 from .formats import MASKS_NAME
 
 __all__ = ["MASKS_NAME", "load_masks", "pack_mask", "save_masks", "unpack_mask"]
@@ -23,7 +25,7 @@ def pack_mask(mask: torch.Tensor) -> np.ndarray:
 
 def unpack_mask(packed: np.ndarray, shape: tuple[int, ...], name: str = "mask") -> torch.Tensor:
     """Inverse of `pack_mask`; checks that the byte count fits the shape."""
-    numel = int(np.prod(shape)) if shape else 1
+    numel = math.prod(shape)
     if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size != (numel + 7) // 8:
         raise ValueError(
             f"Corrupt mask for {name!r}: expected {(numel + 7) // 8} packed uint8 bytes for shape "
@@ -41,17 +43,71 @@ def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
         save_file(tensors, tmp, metadata={"format": "hf_afr.bitmask", "shapes": shapes})
 
 
-def load_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read masks written by `save_masks`, validating every entry."""
+def load_masks(
+    path: str | os.PathLike, model: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """Read masks written by `save_masks`, validating every entry before unpacking it.
+
+    Args:
+        path (`str` or `os.PathLike`): the `pruning_masks.safetensors` file.
+        model (`torch.nn.Module`, *optional*): the model the masks are for; every mask must then
+            name one of its parameters and have that parameter's shape.
+
+    Raises:
+        CheckpointError: (a `ValueError`) naming the file and the field at fault.
+    """
+    path = os.fspath(path)
     try:
-        with safe_open(os.fspath(path), framework="np") as f:
+        with safe_open(path, framework="np") as f:
             metadata = f.metadata() or {}
-        tensors = load_file(os.fspath(path))
+            info = {}
+            for k in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                part = f.get_slice(k)
+                info[k] = (part.get_dtype(), tuple(part.get_shape()))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"Cannot read pruning masks from {path}: {err}") from err
+        raise CheckpointError(
+            path, None, f"cannot be read ({err}); re-save or re-download it."
+        ) from err
     if metadata.get("format") != "hf_afr.bitmask" or "shapes" not in metadata:
-        raise ValueError(f"{path} is not an hf_afr mask file (missing 'hf_afr.bitmask' metadata).")
-    shapes = json.loads(metadata["shapes"])
-    if set(shapes) != set(tensors):
-        raise ValueError(f"{path}: the mask names in the metadata do not match the stored tensors.")
-    return {name: unpack_mask(tensors[name], tuple(shapes[name]), name) for name in shapes}
+        raise CheckpointError(
+            path, "metadata.format", "is not an hf_afr mask file (no 'hf_afr.bitmask' metadata)."
+        )
+    shapes = parse_json(metadata["shapes"], path, "metadata.shapes")
+    if not isinstance(shapes, dict):
+        raise CheckpointError(
+            path, "metadata.shapes", f"must be a JSON object, got {describe(shapes)}."
+        )
+    if set(shapes) != set(info):
+        odd = sorted(set(shapes) ^ set(info))[0]
+        raise CheckpointError(
+            path,
+            "metadata.shapes",
+            f"the mask names in the metadata do not match the stored tensors (e.g. {odd!r}).",
+        )
+    params = None if model is None else {n: tuple(p.shape) for n, p in model.named_parameters()}
+    checked = {}
+    for name, value in shapes.items():
+        field = f"metadata.shapes[{name!r}]"
+        shape = check_shape(value, path, field)
+        if params is not None and params.get(name) != shape:
+            got = "no such parameter" if name not in params else f"shape {list(params[name])}"
+            raise CheckpointError(
+                path,
+                field,
+                f"declares {list(shape)}, but the model has {got}: the masks do not "
+                "belong to this model.",
+            )
+        numel = math.prod(shape)
+        if info[name] != ("U8", ((numel + 7) // 8,)):
+            dtype, stored = info[name]
+            raise CheckpointError(
+                path,
+                name,
+                f"stores {dtype} {list(stored)}; a packed mask of shape {list(shape)} is "
+                f"{(numel + 7) // 8} uint8 bytes.",
+            )
+        checked[name] = shape
+    with safe_open(path, framework="np") as f:
+        return {
+            name: unpack_mask(f.get_tensor(name), shape, name) for name, shape in checked.items()
+        }

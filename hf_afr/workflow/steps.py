@@ -122,7 +122,7 @@ def load_pruner(
     if resume_checkpoint is not None:
         logger.info(f"Resuming from {resume_checkpoint}: reusing its pruning masks.")
         resumed = _with(pruner, PrunerConfig.from_pretrained(resume_checkpoint))
-        resumed.set_masks(load_masks(os.path.join(resume_checkpoint, MASKS_NAME)))
+        resumed.set_masks(load_masks(os.path.join(resume_checkpoint, MASKS_NAME), pruner.model))
         return resumed
     if pruner.is_pruned:
         if pruner.config != _with(pruner, pruner_config).config:  # "auto" features resolved

@@ -21,6 +21,7 @@ from ..files import atomic_write_text, contained_file, staged_directory
 from ..report import SparsityReport
 from ..untrusted import CheckpointError
 from .card import create_model_card, save_model_card
+from .card_data import PrunedCardData
 from .compact import COMPACT_QUANT_METHOD, read_compact_header, read_compact_weights
 from .entries import CompactEntry, model_tensors
 from .formats import (
@@ -149,7 +150,7 @@ def compact_checkpoint(
             masks,
             pruner_config,
             checkpoint_format="compact",
-            card_kwargs={"model_name": name},
+            card_data=PrunedCardData(model_name=name, repo_id=save_directory),
         )
         entries = read_compact_header(os.path.join(staging, COMPACT_WEIGHTS_NAME))
     return entries

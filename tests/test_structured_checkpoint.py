@@ -17,6 +17,7 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 
 from hf_afr import PrunerConfig
 from hf_afr.architectures import get_architecture
+from hf_afr.checkpoint.convert import densify_checkpoint
 from hf_afr.checkpoint.formats import REMOTE_CODE_NAME
 from hf_afr.checkpoint.portable import STRUCTURED_QUANT_METHOD
 from hf_afr.checkpoint.save import save_pruned_checkpoint
@@ -167,6 +168,10 @@ def test_structured_and_sparse_saves_compact_and_loads_back(tmp_path):
         assert torch.equal(loaded.get_parameter(name) != 0, mask & (model.get_parameter(name) != 0))
     x = images()
     torch.testing.assert_close(logits(loaded, x), logits(model, x), atol=1e-5, rtol=0)
+    densify_checkpoint(tmp_path, tmp_path / "dense")  # and back to the dense format, narrow
+    dense = AutoModelForImageClassification.from_pretrained(tmp_path / "dense")
+    assert count_parameters(dense) == count_parameters(model)
+    torch.testing.assert_close(logits(dense, x), logits(model, x), atol=1e-5, rtol=0)
 
 
 def test_a_loaded_structured_model_fine_tunes_with_trainer(tmp_path):

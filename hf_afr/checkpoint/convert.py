@@ -14,6 +14,7 @@ import shutil
 
 import torch
 from safetensors.torch import save_file
+from transformers import AutoConfig
 
 from ..architectures import get_architecture
 from ..config import PrunerConfig
@@ -38,7 +39,9 @@ from .formats import (
 )
 from .load import check_weights_follow_masks, load_classifier, quiet_transformers
 from .masks_file import load_masks, save_masks
+from .portable import write_portable_files
 from .save import save_pruned_checkpoint
+from .widths import apply_config_widths, config_widths
 
 
 def densify_checkpoint(
@@ -91,6 +94,9 @@ def densify_checkpoint(
         save_masks(masks, os.path.join(staging, MASKS_NAME))
         text = json.dumps(config, indent=2, sort_keys=True) + "\n"
         atomic_write_text(os.path.join(staging, CONFIG_NAME), text)
+        if config_widths(config) is not None:  # structured: loads narrow, with or without hf_afr
+            with quiet_transformers():
+                write_portable_files(staging, AutoConfig.from_pretrained(staging))
         if pruner_config is not None:
             report = SparsityReport.from_masks(masks)
             card = create_model_card(
@@ -158,7 +164,6 @@ def compact_checkpoint(
 
 def _model_tensors_from_config(folder: str, config_path: str) -> dict:
     """`model_tensors` of the model `config.json` describes, built on the meta device."""
-    from transformers import AutoConfig
 
     try:
         with quiet_transformers():
@@ -166,6 +171,7 @@ def _model_tensors_from_config(folder: str, config_path: str) -> dict:
         arch = get_architecture(config)
         with torch.device("meta"):
             model = arch.model_cls(config)
+            apply_config_widths(model)  # a structured model: its per-layer widths
     except Exception as err:  # noqa: BLE001 - any failure is a config that cannot be built
         raise CheckpointError(
             config_path, None, f"does not describe a model hf_afr can build ({err})."

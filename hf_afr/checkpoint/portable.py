@@ -26,8 +26,6 @@ import json
 import os
 from typing import Any
 
-from torch import nn
-
 from ..architectures import get_architecture
 from ..files import atomic_write_text
 from ..structure import slicing
@@ -119,17 +117,17 @@ def remote_code_source(model_or_config: Any) -> str:
     )
 
 
-def structured_config_entries(model: nn.Module) -> dict[str, Any]:
+def structured_config_entries(model_or_config: Any) -> dict[str, Any]:
     """What `config.json` of a dense-format structured checkpoint adds: `auto_map` and marker."""
     return {
         "auto_map": {
-            AUTO_CLASS: f"{REMOTE_CODE_NAME.removesuffix('.py')}.{remote_class_name(model)}"
+            AUTO_CLASS: f"{REMOTE_CODE_NAME.removesuffix('.py')}.{remote_class_name(model_or_config)}"
         },
         "quantization_config": {"quant_method": STRUCTURED_QUANT_METHOD},
     }
 
 
-def write_portable_files(folder: str | os.PathLike, model: nn.Module) -> bool:
+def write_portable_files(folder: str | os.PathLike, model_or_config: Any) -> bool:
     """Make a dense-format folder of a structured model load with and without hf_afr.
 
     Writes the modeling file and adds `auto_map` and the loader marker to `config.json` (each
@@ -138,15 +136,16 @@ def write_portable_files(folder: str | os.PathLike, model: nn.Module) -> bool:
     Returns:
         `bool`: whether the model is structured (and the files were written).
     """
-    if config_widths(model.config) is None:
+    config = getattr(model_or_config, "config", model_or_config)
+    if config_widths(config) is None:
         return False
     folder = os.fspath(folder)
-    atomic_write_text(os.path.join(folder, REMOTE_CODE_NAME), remote_code_source(model))
+    atomic_write_text(os.path.join(folder, REMOTE_CODE_NAME), remote_code_source(config))
     config_path = os.path.join(folder, CONFIG_NAME)
     with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
-    config.update(structured_config_entries(model))
-    atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        config_dict = json.load(f)
+    config_dict.update(structured_config_entries(config))
+    atomic_write_text(config_path, json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     return True
 
 

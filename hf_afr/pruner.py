@@ -26,9 +26,11 @@ from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
 from .controls import controlled_masks
 from .criteria import get_criterion
+from .distributed import check_equal_batch_counts
 from .hub import push_to_hub
 from .masks import apply_masks, check_scores
 from .report import SparsityReport
+from .sharding import has_dtensor_parameters, unsharded_copy
 from .targets import find_prunable_parameters
 
 logger = logging.get_logger(__name__)
@@ -141,6 +143,9 @@ class AFRPruner:
                 raise ValueError(
                     f"Method {self.config.method!r} needs scoring batches; pass `batches`."
                 )
+            if has_dtensor_parameters(self.model):
+                device = next(self.model.parameters()).to_local().device
+                check_equal_batch_counts(batches, self.config.num_batches, device)
             batches = itertools.islice(batches, self.config.num_batches)
             batches = logging.tqdm(
                 batches,
@@ -225,12 +230,20 @@ class AFRPruner:
             model_card_kwargs (`dict`, *optional*): passed to `create_model_card` (`base_model`,
                 `datasets`, `accuracy`, `eval_dataset`, `command`, `training`, ...).
             kwargs: passed to `model.save_pretrained` (dense format only, e.g. `max_shard_size`).
+
+        With an FSDP2 model (DTensor parameters) this is a collective: call it on every process;
+        the full weights are gathered and process 0 writes the same checkpoint as a DDP run.
         """
+        model = self.model
+        if has_dtensor_parameters(model):
+            model = unsharded_copy(model)
+            if model is None:  # not process 0: it only took part in the gather
+                return
         card_kwargs = dict(model_card_kwargs or {})
         card_kwargs.setdefault("base_model", self.base_model)
         save_pruned_checkpoint(
             save_directory,
-            self.model,
+            model,
             self.masks,
             self.config,
             checkpoint_format=checkpoint_format,

@@ -11,6 +11,7 @@ Examples:
         --output_dir vit-afr90-cifar10 --do_train --do_eval --learning_rate 2e-5
     accelerate launch scripts/finetune.py ...        # one or several GPUs
     torchrun --nproc_per_node 2 scripts/finetune.py ...  # several CPU processes (gloo)
+    accelerate launch --config_file fsdp2.yaml scripts/finetune.py ...  # FSDP2 on GPUs
     python scripts/finetune.py args.json --output_dir other  # a .json/.yaml file, then overrides
 
 Masks: scored on `--num_batches` seeded batches of the training set (evaluation transforms),
@@ -30,6 +31,7 @@ from transformers.utils import logging
 
 from hf_afr.distributed import check_supported_training_args
 from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
+from hf_afr.sharding import has_dtensor_parameters
 from hf_afr.workflow.arguments import (
     DataTrainingArguments,
     ModelArguments,
@@ -173,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                 token=hub_token,
                 private=training_args.hub_private_repo,
             )
+    elif has_dtensor_parameters(pruner.model):  # FSDP2: every process takes part in the gather
+        pruner.save_pretrained(training_args.output_dir, model_args.checkpoint_format)
     return {**metrics, **sparsity_metrics}
 
 

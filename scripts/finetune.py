@@ -14,6 +14,10 @@ Examples:
     accelerate launch --config_file fsdp2.yaml scripts/finetune.py ...  # FSDP2 on GPUs
     python scripts/finetune.py args.json --output_dir other  # a .json/.yaml file, then overrides
 
+Distillation: `--teacher_model_name_or_path` (a classifier with the same labels, e.g. the
+dense model fine-tuned on the task) trains with DeiT's soft distillation loss
+(`--distillation_alpha`, `--distillation_temperature`; `hf_afr.distillation`).
+
 Masks: scored on `--num_batches` seeded batches of the training set (evaluation transforms),
 split over the processes with the gradients summed, so every process count gives the masks of
 one process. A checkpoint already pruned by hf_afr keeps its masks (no scoring; `--skip_pruning`
@@ -26,7 +30,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.utils import logging
 
 from hf_afr.distributed import check_supported_training_args
@@ -34,6 +38,7 @@ from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
 from hf_afr.sharding import has_dtensor_parameters
 from hf_afr.workflow.arguments import (
     DataTrainingArguments,
+    DistillationArguments,
     ModelArguments,
     PruningArguments,
     parse_arguments,
@@ -58,6 +63,7 @@ from hf_afr.workflow.steps import (
     setup_logging,
     weight_sparsity_report,
 )
+from hf_afr.workflow.teacher import trainer_with_teacher
 from hf_afr.workflow.transforms import ImageTransform, collate_fn, undecoded
 
 logger = logging.get_logger("hf_afr.scripts")
@@ -65,8 +71,14 @@ logger = logging.get_logger("hf_afr.scripts")
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    arguments = (ModelArguments, DataTrainingArguments, PruningArguments, TrainingArguments)
-    model_args, data_args, pruning_args, training_args = parse_arguments(
+    arguments = (
+        ModelArguments,
+        DataTrainingArguments,
+        PruningArguments,
+        DistillationArguments,
+        TrainingArguments,
+    )
+    model_args, data_args, pruning_args, distill_args, training_args = parse_arguments(
         arguments, argv, prog="finetune.py"
     )
     config = pruner_config(pruning_args, training_args)
@@ -120,7 +132,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         freeze_unused_parameters(pruner.model, collate_fn([dataset["train"][0]]))
         training_args.ddp_find_unused_parameters = False
     metric = load_accuracy_metric(model_args.cache_dir) if training_args.do_eval else None
-    trainer = Trainer(
+    trainer_cls, teacher_kwargs = trainer_with_teacher(
+        distill_args, pruner.model.config, data_args.horizontal_flip, model_args.cache_dir
+    )
+    trainer = trainer_cls(
         model=pruner.model,
         args=training_args,
         train_dataset=dataset["train"] if training_args.do_train else None,
@@ -129,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         data_collator=collate_fn,
         compute_metrics=accuracy_metric_fn(metric),
         callbacks=[PruningMaskCallback.from_pruner(pruner)],
+        **teacher_kwargs,
     )
     metrics = {}
     if training_args.do_train:

@@ -23,8 +23,10 @@
 #      main job's output (created first if missing), dense vs shrunk vs converted. 2:4 layers use
 #      torch.sparse.to_sparse_semi_structured where this torch and GPU provide it; where they do
 #      not, the table says why and the layers stay dense (the run does not fail).
+#   5. structured pruning (benchmarks/structured_speed.py): ViT-B/16 shape, dense vs heads+mlp
+#      at 50% and 75%, bfloat16, inference at batch 64 and 256 and a fine-tuning step at 64.
 # Results, with the card name: ${OUT:-benchmarks/results}/perf-gpu.{md,json} and
-# inference-gpu.{md,json}.
+# inference-gpu.{md,json}, structured_speed-gpu.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-benchmarks/results}"
@@ -45,5 +47,7 @@ step timeout 420 python benchmarks/perf.py --suite gpu --device cuda --dtype bfl
     || step timeout 150 python scripts/finetune.py scripts/quickstart.json
 step timeout 300 python benchmarks/inference.py --device cuda --dtype float16 --batch_sizes 64 256 \
     --sections vit main --output_dir "$out_dir" --output_name inference-gpu
+step timeout 120 python benchmarks/structured_speed.py --device cuda --dtype bfloat16 \
+    --batch_sizes 64 256 --train_batch_size 64 --rounds 5 --output "$out_dir/structured_speed-gpu.md"
 
 exit "$failed"

@@ -16,7 +16,7 @@ methods are compared pairwise per seed. Masks come from the code path of `AFRPru
 
 The grid has three parts (`--parts`), 252 runs in all; fine-tuning dominates their cost. A pruned
 model is fine-tuned without the MLP hidden units whose `fc2` column its masks prune entirely
-(`drop_dead_mlp_units`: exact for masked fine-tuning, the accuracies are the same), which at
+(`hf_afr.structure.prune.remove_dead_units`: exact for masked fine-tuning, the accuracies are the same), which at
 95-98% halves a scored run (not a random, shuffled or inverted one: their masks leave no dead
 unit). With 3 epochs of fine-tuning the whole grid takes under an hour on 2 cores (5 epochs,
 `--epochs 5`, about 75 min). Each
@@ -149,43 +149,6 @@ def fine_tune(model, data, seed: int, epochs: int, batch_size: int, lr: float, m
 
 
 @torch.no_grad()
-def drop_dead_mlp_units(model, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove, in place, every MLP hidden unit whose `fc2` column the masks prune entirely, and
-    return the masks of the smaller model.
-
-    Exact for masked fine-tuning, not only for inference: such a unit adds nothing to the
-    output, so its `fc1` row and bias get zero gradients; its `fc2` column's gradient is zeroed
-    by the mask hook before clipping, so the clipped norm, the AdamW moments and every other
-    weight's update are the same (up to the order of float sums), and there is no dropout. It
-    only saves the compute of units that cannot matter: at 95-98% sparsity most of them.
-    """
-    masks = dict(masks)
-    for name, module in list(model.named_modules()):  # fc1/fc2 are replaced on the way
-        fc1, fc2 = getattr(module, "fc1", None), getattr(module, "fc2", None)
-        key1, key2 = f"{name}.fc1.weight", f"{name}.fc2.weight"
-        linear = isinstance(fc1, torch.nn.Linear) and isinstance(fc2, torch.nn.Linear)
-        if not linear or key2 not in masks:
-            continue
-        keep = masks[key2].any(dim=0)
-        if bool(keep.all()):
-            continue
-        index = keep.nonzero().squeeze(1) if bool(keep.any()) else torch.zeros(1, dtype=torch.long)
-        new1 = torch.nn.Linear(fc1.in_features, len(index), bias=fc1.bias is not None)
-        new2 = torch.nn.Linear(len(index), fc2.out_features, bias=fc2.bias is not None)
-        new1.weight.copy_(fc1.weight[index])
-        new2.weight.copy_(fc2.weight[:, index])
-        if fc1.bias is not None:
-            new1.bias.copy_(fc1.bias[index])
-        if fc2.bias is not None:
-            new2.bias.copy_(fc2.bias)
-        module.fc1, module.fc2 = new1, new2
-        if key1 in masks:
-            masks[key1] = masks[key1][index]
-        masks[key2] = masks[key2][:, index]
-    return masks
-
-
-@torch.no_grad()
 def accuracy(model, data, batch_size: int = 256) -> float:
     model.eval()
     correct = 0
@@ -214,6 +177,7 @@ def run_job(job: dict) -> dict:
 
     from hf_afr import AFRPruner, PrunerConfig
     from hf_afr.controls import controlled_masks
+    from hf_afr.structure.prune import remove_dead_units
 
     torch.set_num_threads(1)
     logging.set_verbosity_error()
@@ -256,7 +220,7 @@ def run_job(job: dict) -> dict:
         result["fully_pruned"] = report.fully_pruned
         result["kept_per_tensor"] = {name: int(m.sum()) for name, m in pruner.masks.items()}
         result["shrink"] = shrink_statistics(pruner.model)
-        masks = drop_dead_mlp_units(pruner.model, pruner.masks)
+        masks = remove_dead_units(pruner.model, pruner.masks)
     fine_tune(pruner.model, data, job["seed"], job["epochs"], job["batch_size"], job["lr"], masks)
     result["accuracy"] = accuracy(pruner.model, data)
     result["seconds"] = time.perf_counter() - start

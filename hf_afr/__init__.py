@@ -23,6 +23,9 @@ _LAZY_ATTRIBUTES = {
     "PrunerConfig": ".config",
     "PruningMaskCallback": ".enforcement",
     "SparsityReport": ".report",
+    "StructureReport": ".structure.report",
+    "count_macs": ".structure.report",
+    "structure_report": ".structure.report",
     "SparsityViolationError": ".enforcement",
     "apply_masks": ".masks",
     "available_criteria": ".criteria",
@@ -46,15 +49,18 @@ __all__ = [
     "SparsityReport",
     "SparseInferenceConfig",
     "SparsityViolationError",
+    "StructureReport",
     "__version__",
     "apply_masks",
     "available_criteria",
+    "count_macs",
     "enforce_masks",
     "find_prunable_parameters",
     "get_criterion",
     "register_criterion",
     "select_masks",
     "shrink",
+    "structure_report",
     "supported_model_types",
     "to_sparse_inference",
 ]
@@ -73,6 +79,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .masks import apply_masks, select_masks
     from .pruner import AFRPruner
     from .report import SparsityReport
+    from .structure.report import StructureReport, count_macs, structure_report
     from .targets import find_prunable_parameters
 
 

@@ -9,6 +9,8 @@ import pytest
 from helpers import tiny_vit
 from transformers import ViTImageProcessor
 
+from hf_afr.structure.prune import remove_dead_units
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -250,7 +252,7 @@ def test_dropping_dead_mlp_units_leaves_masked_fine_tuning_unchanged():
         "ytr": torch.randint(0, 3, (24,), generator=generator),
     }
     full, compact = copy.deepcopy(model), copy.deepcopy(model)
-    compact_masks = replicate.drop_dead_mlp_units(compact, masks)
+    compact_masks = remove_dead_units(compact, masks)
     assert compact.vit.layers[0].mlp.fc1.out_features == 32
     assert compact_masks["vit.layers.0.mlp.fc2.weight"].shape == (32, 32)
     assert compact_masks["vit.layers.1.mlp.fc1.weight"].shape == (32, 32)

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import PrunerConfig
 from ..files import staged_directory
+from ..structure.report import is_structured, structure_card_section, structure_report
 from .card import create_model_card, save_model_card
 from .compact import save_compact_checkpoint
 from .formats import (
@@ -68,6 +69,11 @@ def save_pruned_checkpoint(
             f"Options {sorted(save_kwargs)} only apply to the dense checkpoint format."
         )
     if checkpoint_format == "compact" and not masks:
+        if is_structured(model.config):
+            raise ValueError(
+                "A structurally pruned model without masks is already small: save it with "
+                "checkpoint_format='dense' (the compact format stores masks)."
+            )
         raise ValueError("A compact checkpoint stores the masks: call `prune(batches)` first.")
     save_directory = os.fspath(save_directory)
     had_processor = os.path.isfile(os.path.join(save_directory, IMAGE_PROCESSOR_NAME))
@@ -84,8 +90,12 @@ def save_pruned_checkpoint(
         pruner_config.save_pretrained(staging)
         if image_processor is not None:
             image_processor.save_pretrained(staging)
-        if model_card and masks:
+        structured = is_structured(model.config)
+        if model_card and (masks or structured):
             kwargs = dict(card_kwargs or {})
+            if structured:
+                report = structure_report(model.config)
+                kwargs["structure"] = structure_card_section(report, pruner_config.structure)
             if not kwargs.get("repo_id"):
                 kwargs.setdefault("model_name", os.path.basename(os.path.abspath(save_directory)))
             if os.path.isfile(os.path.join(staging, weights)):

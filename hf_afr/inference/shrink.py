@@ -23,30 +23,32 @@ warning) if they differ; blocks whose layout is not understood are skipped with 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from transformers.utils import logging
 
-from .blocks import (
+from ..architectures import get_architecture
+from ..structure.slicing import BlockLayout, keep_heads, keep_units, transformer_layers
+from .attention import (
+    AttentionNames,
     ShrunkAttentionMixin,
-    ShrunkMLPMixin,
     attention_geometry,
-    attention_layout,
-    close,
+    attention_names,
     looks_like_attention,
-    mlp_activation,
-    probe_input,
     reference_attention,
-    shrunk_class,
 )
-from .guard import check_masks, mark_inference_only
+from .checks import close, probe_input
+from .guard import check_masks, mark_inference_only, shrunk_class
+from .mlp import ShrunkMLPMixin, mlp_activation
 from .report import BlockShrink, ShrinkReport
 
 logger = logging.get_logger(__name__)
 
 FilterFn = Callable[[nn.Module, str], bool]
+_MLP_LAYOUT = BlockLayout(fc1="fc1", fc2="fc2")
 
 
 def _take(tensor: torch.Tensor | None, index: torch.Tensor, dim: int) -> torch.Tensor | None:
@@ -82,6 +84,22 @@ def _empty_cols(weight: torch.Tensor) -> torch.Tensor:
     return ~weight.ne(0).any(dim=0)
 
 
+def _set_bias(linear: nn.Linear, bias: torch.Tensor) -> None:
+    """Give `linear` this (float64-computed) bias, adding a bias parameter if it had none."""
+    if linear.bias is None:
+        linear.bias = nn.Parameter(bias.to(linear.weight.dtype), requires_grad=False)
+    else:
+        linear.bias.copy_(bias)
+
+
+def _zero_group(rows: nn.Linear, cols: nn.Linear, index) -> None:
+    """Zero the output rows `index` of `rows` (and bias) and the input columns of `cols`."""
+    rows.weight[index] = 0
+    if rows.bias is not None:
+        rows.bias[index] = 0
+    cols.weight[:, index] = 0
+
+
 def _macs(*layers: nn.Linear) -> int:
     return sum(layer.in_features * layer.out_features for layer in layers)
 
@@ -100,12 +118,12 @@ def shrink_mlp(module: nn.Module, name: str = "") -> BlockShrink | None:
     constants = act(b1[folded]).double()
     b2 = fc2.bias.double() if fc2.bias is not None else constants.new_zeros(fc2.out_features)
     b2 = b2 + fc2.weight[:, folded].double() @ constants
-    index = keep.nonzero().squeeze(1)
-    if index.numel() == 0:  # keep one all-zero unit so that every shape stays valid
-        index = index.new_full((1,), -1)
     macs_before = _macs(fc1, fc2)
-    module.fc1 = _linear(_take(fc1.weight, index, 0), _take(fc1.bias, index, 0))
-    module.fc2 = _linear(_take(fc2.weight, index, 1), b2.to(fc2.weight.dtype))
+    _set_bias(fc2, b2)
+    index = keep.nonzero().squeeze(1).tolist()
+    keep_units(module, _MLP_LAYOUT, index or [0])  # the removal structured pruning does
+    if not index:  # keep one all-zero unit so that every shape stays valid
+        _zero_group(module.fc1, module.fc2, slice(0, 1))
     units = keep.numel()
     removed = (
         f"{int(folded.sum())} units with an empty fc1 row (act(bias) folded into fc2.bias), "
@@ -147,28 +165,46 @@ def _projections_of(module: nn.Module, layout) -> tuple[nn.Linear, ...]:
     )
 
 
-def _rebuild_attention(module, layout, qk_index, v_index, folded) -> None:
-    """Replace the four projections by their kept (and zero-padded) rows and columns."""
-    q, k, val, out = _projections_of(module, layout)
+def _fold_values(module, layout, folded) -> None:
+    """Rule 2: `b_v[d] * W_o[:, d]` of every folded value dim into the output bias."""
+    _, _, val, out = _projections_of(module, layout)
     o_bias = torch.zeros(out.out_features, dtype=torch.float64, device=out.weight.device)
     if out.bias is not None:
         o_bias += out.bias.double()
-    if val.bias is not None:  # rule 2: b_v[d] * W_o[:, d] for every folded value dim
+    if val.bias is not None:
         o_bias += out.weight[:, folded].double() @ val.bias[folded].double()
+    _set_bias(out, o_bias)
+
+
+def _remove_heads(module, layout, kept: list[int]) -> list[int]:
+    """Rule 4 through the removal structured pruning does (`structure.slicing.keep_heads`);
+    returns the kept heads' new indices. An emptied block keeps one all-zero head."""
+    block_layout = BlockLayout(
+        query=layout.query, key=layout.key, value=layout.value, output=layout.output,
+        attention="", head_count=(layout.num_heads,),
+    )  # fmt: skip
+    keep_heads(module, block_layout, kept or [0])  # (its rows become padding below)
+    return list(range(len(kept)))
+
+
+def _rebuild_attention(module, layout, qk_index, v_index) -> None:
+    """Replace the four projections by their kept (and zero-padded) rows and columns."""
+    q, k, val, out = _projections_of(module, layout)
     new = {
         layout.query: _linear(_take(q.weight, qk_index, 0), _take(q.bias, qk_index, 0)),
         layout.key: _linear(_take(k.weight, qk_index, 0), _take(k.bias, qk_index, 0)),
         layout.value: _linear(_take(val.weight, v_index, 0), _take(val.bias, v_index, 0)),
-        layout.output: _linear(_take(out.weight, v_index, 1), o_bias.to(out.weight.dtype)),
+        layout.output: _linear(_take(out.weight, v_index, 1), out.bias),
     }
     for name, layer in new.items():
         setattr(module, name, layer)
 
 
 @torch.no_grad()
-def shrink_attention(module: nn.Module, name: str = "") -> BlockShrink | None:
-    """Apply rules 2-4 to a registered attention module in place; None if nothing is removable."""
-    layout = attention_layout(module)
+def shrink_attention(
+    module: nn.Module, layout: AttentionNames, name: str = ""
+) -> BlockShrink | None:
+    """Apply rules 2-4 to a plain attention module in place; None if nothing is removable."""
     heads, qk, v = attention_geometry(module, layout)
     qk_keep, v_keep, folded = _attention_masks(module, layout, heads, qk, v)
     kept = [h for h in range(heads) if bool(v_keep[h].any())]
@@ -177,9 +213,15 @@ def shrink_attention(module: nn.Module, name: str = "") -> BlockShrink | None:
     if len(kept) == heads and new_qk == qk and new_v == v:
         return None
     macs_before = _macs(*_projections_of(module, layout))
-    qk_index = _head_index(qk_keep, kept, new_qk)
-    v_index = _head_index(v_keep, kept, new_v)
-    _rebuild_attention(module, layout, qk_index, v_index, folded)
+    _fold_values(module, layout, folded)
+    live = kept
+    if len(kept) < heads and not isinstance(module, ShrunkAttentionMixin):
+        live = _remove_heads(module, layout, kept)
+        rows = torch.tensor(kept or [0], dtype=torch.long, device=qk_keep.device)
+        qk_keep, v_keep = qk_keep[rows], v_keep[rows]
+    qk_index = _head_index(qk_keep, live, new_qk)
+    v_index = _head_index(v_keep, live, new_v)
+    _rebuild_attention(module, layout, qk_index, v_index)
     new_heads = max(len(kept), 1)  # an emptied block keeps one all-zero head
     setattr(module, layout.num_heads, new_heads)
     module.head_dim = module.qk_head_dim = new_qk
@@ -202,53 +244,65 @@ def shrink_attention(module: nn.Module, name: str = "") -> BlockShrink | None:
     )  # fmt: skip
 
 
-def _block_kind(module: nn.Module) -> str | None:
-    if attention_layout(module) is not None:
-        return "attention"
-    if mlp_activation(module) is not None:
-        return "mlp"
-    return None
+def _attention_modules(model: nn.Module) -> dict[str, AttentionNames | None]:
+    """`{name: names}` of the attention modules of the model's family layout (None: not plain)."""
+    try:
+        layout = get_architecture(model).layout
+    except ValueError:
+        return {}
+    names = attention_names(layout)
+    return {
+        f"{block}.{layout.attention}".lstrip("."): names
+        for block in transformer_layers(model, layout)
+    }
 
 
-def _run_block(module: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
-    return module(x)[0] if kind == "attention" else module(x)
+def _run_block(module: nn.Module, names: AttentionNames | None, x: torch.Tensor) -> torch.Tensor:
+    return module(x)[0] if names is not None else module(x)
 
 
-def _reference(module: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
-    if kind == "attention":
-        return reference_attention(module, attention_layout(module), x)
+def _reference(module: nn.Module, names: AttentionNames | None, x: torch.Tensor) -> torch.Tensor:
+    if names is not None:
+        return reference_attention(module, names, x)
     return module.fc2(mlp_activation(module)(module.fc1(x)))
 
 
-def _projections(module: nn.Module, kind: str) -> tuple[nn.Linear, ...]:
-    if kind == "mlp":
+def _projections(module: nn.Module, names: AttentionNames | None) -> tuple[nn.Linear, ...]:
+    if names is None:
         return module.fc1, module.fc2
-    return _projections_of(module, attention_layout(module))
+    return _projections_of(module, names)
 
 
-def _unchanged(module: nn.Module, name: str, kind: str) -> BlockShrink:
-    if kind == "mlp":
-        size, units = f"{module.fc1.out_features} units", module.fc1.out_features
+def _unchanged(module: nn.Module, name: str, names: AttentionNames | None) -> BlockShrink:
+    if names is None:
+        kind, size, units = "mlp", f"{module.fc1.out_features} units", module.fc1.out_features
     else:
-        heads, qk, v = attention_geometry(module, attention_layout(module))
-        size, units = f"{heads}x({qk}, {v})", heads * (qk + v)
-    macs = _macs(*_projections(module, kind))
+        heads, qk, v = attention_geometry(module, names)
+        kind, size, units = "attention", f"{heads}x({qk}, {v})", heads * (qk + v)
+    macs = _macs(*_projections(module, names))
     return BlockShrink(name, kind, size, size, "nothing", macs, macs, units, units)
 
 
 @torch.no_grad()
-def _shrink_block(module: nn.Module, name: str, kind: str, atol: float | None) -> BlockShrink | str:
-    """Shrink one block after checking its layout on a probe; a string says why it was skipped."""
-    first = _projections(module, kind)[0]
+def _shrink_block(
+    module: nn.Module, name: str, names: AttentionNames | None, atol: float | None
+) -> BlockShrink | str:
+    """Shrink one block (an attention if `names` is given, else an MLP) after checking it on a
+    probe; a string says why it was skipped."""
+    first = _projections(module, names)[0]
     x = probe_input(first.in_features, first.weight.dtype, first.weight.device)
-    expected = _run_block(module, kind, x)
-    if not close(_reference(module, kind, x), expected, atol):
+    expected = _run_block(module, names, x)
+    if not close(_reference(module, names, x), expected, atol):
+        kind = "mlp" if names is None else "attention"
         return f"its output differs from plain {kind} computed from its projections (unsupported layout)"
     saved = (module.__class__, dict(module._modules), dict(module.__dict__))
-    result = shrink_attention(module, name) if kind == "attention" else shrink_mlp(module, name)
+    for child, linear in list(module.named_children()):  # slicing works in place: keep these
+        if isinstance(linear, nn.Linear):
+            setattr(module, child, copy.deepcopy(linear))
+    result = shrink_mlp(module, name) if names is None else shrink_attention(module, names, name)
     if result is None:
-        return _unchanged(module, name, kind)
-    if not close(_run_block(module, kind, x), expected, atol):
+        return _unchanged(module, name, names)
+    if not close(_run_block(module, names, x), expected, atol):
         module.__class__ = saved[0]
         module.__dict__.clear()
         module.__dict__.update(saved[2])
@@ -293,18 +347,21 @@ def shrink(
         check_masks(model, masks)
     model.eval()
     report = ShrinkReport()
+    attention = _attention_modules(model)
     for name, module in list(model.named_modules()):
-        kind = _block_kind(module)
-        if kind is None:
-            if looks_like_attention(module):
-                report.skipped[name] = (
-                    f"{type(module).__name__} is not a registered attention layout "
-                    "(hf_afr.inference.blocks.ATTENTION_LAYOUTS)"
-                )
+        names = attention.get(name)
+        unplain = name in attention and names is None
+        if unplain or (name not in attention and looks_like_attention(module)):
+            report.skipped[name] = (
+                f"{type(module).__name__} is not a registered attention layout (plain "
+                "multi-head attention of a family in hf_afr.architectures without per-head tables)"
+            )
+            continue
+        if names is None and mlp_activation(module) is None:
             continue
         if filter_fn is not None and not filter_fn(module, name):
             continue
-        result = _shrink_block(module, name, kind, atol)
+        result = _shrink_block(module, name, names, atol)
         if isinstance(result, str):
             report.skipped[name] = result
         else:

@@ -1,0 +1,108 @@
+"""Structured pruning of a model in place: score the groups, choose them, slice them away."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import PrunerConfig
+from .budget import StructurePlan, select_groups
+from .groups import block_groups, model_layout
+from .report import HEADS_KEY, UNITS_KEY
+from .scores import group_scores
+from .slicing import keep_heads, keep_units, layer_widths, transformer_layers
+
+
+def _check_shared_tables(model: nn.Module, structure: str) -> None:
+    if "heads" in structure and getattr(model.config, "use_shared_relative_position_bias", False):
+        raise ValueError(
+            "This model shares one relative position bias table across its blocks "
+            "(use_shared_relative_position_bias=True), which cannot lose different heads per "
+            "block; use structure='mlp'."
+        )
+
+
+def apply_plan(model: nn.Module, plan: StructurePlan) -> None:
+    """Slice every block to the heads and units of `plan` and record the widths on the config
+    (`config.layer_num_attention_heads`, `config.layer_intermediate_sizes`)."""
+    layout = model_layout(model)
+    for name, block in transformer_layers(model, layout).items():
+        keep_heads(block, layout, plan.heads[name])
+        keep_units(block, layout, plan.units[name])
+    heads, units = layer_widths(model, layout)
+    setattr(model.config, HEADS_KEY, heads)
+    setattr(model.config, UNITS_KEY, units)
+
+
+def prune_structure(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]] | None,
+    config: PrunerConfig,
+    total_weights: int,
+) -> StructurePlan:
+    """Score every head and MLP unit, keep the best under the budget, and slice the rest away.
+
+    Args:
+        model (`nn.Module`): a transformers classifier of a supported family (changed in place).
+        batches: the scoring batches (already limited to `config.num_batches`).
+        config (`PrunerConfig`): `structure`, `method`, `sparsity`, `min_units`, `round_to`.
+        total_weights (`int`): the prunable weights `config.sparsity` is a fraction of.
+
+    Returns:
+        `StructurePlan`: the kept heads and units of every block (indices in the dense model).
+    """
+    _check_shared_tables(model, config.structure)
+    groups = block_groups(model)
+    scores = group_scores(model, batches, config, groups)
+    plan = select_groups(
+        groups,
+        scores,
+        config.structure,
+        config.sparsity,
+        total_weights,
+        min_units=config.min_units,
+        round_to=config.round_to,
+    )
+    apply_plan(model, plan)
+    return plan
+
+
+@torch.no_grad()
+def remove_dead_units(
+    model: nn.Module, masks: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Remove, in place, every MLP hidden unit whose `fc2` column the masks prune entirely, and
+    return the masks of the smaller model (the widths are recorded on its config).
+
+    Exact for masked fine-tuning, not only for inference: such a unit adds nothing to the
+    output, so its `fc1` row and bias get zero gradients, and its `fc2` column's gradient is
+    zeroed by the masks; clipped norms, AdamW moments and every other update are the same (up
+    to the order of float sums), without dropout. It saves the compute of units that cannot
+    matter: at 95-98% sparsity most of them. A block whose every unit is dead keeps one (masked).
+
+    Args:
+        model (`nn.Module`): a model of a supported family whose weights follow `masks`.
+        masks (`dict[str, Tensor]`): the masks (True = kept) by parameter name.
+    """
+    layout = model_layout(model)
+    masks = dict(masks)
+    for name, block in transformer_layers(model, layout).items():
+        prefix = f"{name}." if name else ""
+        key1, key2 = f"{prefix}{layout.fc1}.weight", f"{prefix}{layout.fc2}.weight"
+        if key2 not in masks:
+            continue
+        keep = masks[key2].any(dim=0)
+        if bool(keep.all()):
+            continue
+        index = keep.nonzero().squeeze(1).tolist() or [0]
+        keep_units(block, layout, index)
+        if key1 in masks:
+            masks[key1] = masks[key1][index]
+        masks[key2] = masks[key2][:, index]
+    heads, units = layer_widths(model, layout)
+    setattr(model.config, HEADS_KEY, heads)
+    setattr(model.config, UNITS_KEY, units)
+    return masks

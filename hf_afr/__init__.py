@@ -19,6 +19,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "tiny-vit-glyph
 
 _LAZY_ATTRIBUTES = {
     "AFRPruner": ".pruner",
+    "DistillationTrainer": ".distillation",
     "MaskEnforcer": ".enforcement",
     "PrunerConfig": ".config",
     "PruningMaskCallback": ".enforcement",
@@ -28,6 +29,7 @@ _LAZY_ATTRIBUTES = {
     "structure_report": ".structure.report",
     "SparsityViolationError": ".enforcement",
     "apply_masks": ".masks",
+    "distillation_loss": ".distillation",
     "available_criteria": ".criteria",
     "enforce_masks": ".enforcement",
     "find_prunable_parameters": ".targets",
@@ -43,6 +45,7 @@ _LAZY_ATTRIBUTES = {
 __all__ = [
     "AFRPruner",
     "DEFAULT_MODEL",
+    "DistillationTrainer",
     "MaskEnforcer",
     "PrunerConfig",
     "PruningMaskCallback",
@@ -52,6 +55,7 @@ __all__ = [
     "StructureReport",
     "__version__",
     "apply_masks",
+    "distillation_loss",
     "available_criteria",
     "count_macs",
     "enforce_masks",
@@ -69,6 +73,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .architectures import supported_model_types
     from .config import PrunerConfig
     from .criteria import available_criteria, get_criterion, register_criterion
+    from .distillation import DistillationTrainer, distillation_loss
     from .enforcement import (
         MaskEnforcer,
         PruningMaskCallback,

@@ -80,6 +80,8 @@ def _worker(rank: int, world_size: int, folder: str) -> None:
             )
             for i, case in enumerate(TIE_CASES)
         }
+        a = distribute_tensor(tied_scores()["a"], mesh, [Shard(0)])  # rows of 4: 2:4 groups
+        tied["2:4"] = select_masks({"a": a}, sparsity=0.5, pattern="2:4")
         model = tiny_model()
         for block in encoder_blocks(model).values():
             fully_shard(block)
@@ -117,6 +119,8 @@ def test_fsdp2_two_processes_match_one(tmp_path):
         for i, case in enumerate(TIE_CASES):  # distributed selection == one process, ties too
             for name, mask in expected_tied[i].items():
                 assert torch.equal(tied[i][name], mask), (case, name)
+        nm = select_masks({"a": tied_scores()["a"]}, sparsity=0.5, pattern="2:4")["a"]
+        assert torch.equal(tied["2:4"]["a"], nm)
         assert masks.keys() == expected.keys()
         for name, mask in expected.items():  # sharded scoring + selection == one process
             assert torch.equal(masks[name], mask), name

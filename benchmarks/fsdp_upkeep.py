@@ -113,22 +113,26 @@ def table(results: dict, args) -> str:
         "the round ratios | pruned weights revived |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    overheads = {}
+    overheads, spreads = {}, []
     for path, r in results.items():
         without, with_ = statistics.median(r["without"]), statistics.median(r["with"])
         ratios = [w / o for w, o in zip(r["with"], r["without"])]
         overheads[path] = 100 * (with_ / without - 1)
+        spreads.append(100 * (max(ratios) - min(ratios)))
         lines.append(
             f"| {path.upper()} | {1e3 * without:.1f} | {1e3 * with_:.1f} | "
             f"{overheads[path]:+.1f}% | {100 * (min(ratios) - 1):+.1f}% .. "
             f"{100 * (max(ratios) - 1):+.1f}% | {sum(r['violations'].values())} |"
         )
     gap = overheads["fsdp2"] - overheads["ddp"]
-    verdict = "meets" if gap <= 5 else "misses"
-    lines += [
-        "",
-        f"FSDP2 upkeep overhead minus DDP's: {gap:+.1f} points ({verdict} the 5-point target).",
-    ]
+    if max(spreads) > 10:  # the rounds disagree by more than twice the target
+        verdict = (
+            f"inconclusive: the round ratios spread over up to {max(spreads):.0f} points on this "
+            "machine, more than twice the 5-point target; rerun on a quiet machine"
+        )
+    else:
+        verdict = "meets the 5-point target" if gap <= 5 else "misses the 5-point target"
+    lines += ["", f"FSDP2 upkeep overhead minus DDP's: {gap:+.1f} points ({verdict})."]
     return "\n".join(lines) + "\n"
 
 

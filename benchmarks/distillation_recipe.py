@@ -98,9 +98,8 @@ def teacher_model(args, data, seed: int, results: dict):
     if (folder / "config.json").exists():
         return AutoModelForImageClassification.from_pretrained(folder)
     start = time.perf_counter()
-    pruner = AFRPruner.from_pretrained(DEFAULT_MODEL, id2label=data["id2label"])
     torch.manual_seed(seed)
-    model = pruner.model
+    model = AFRPruner.from_pretrained(DEFAULT_MODEL, id2label=data["id2label"]).model
     Trainer(
         model=model, args=training_args(args, seed, folder / "trainer"),
         train_dataset=data["train"],
@@ -122,6 +121,7 @@ def student_run(args, data, seed: int, setting: tuple, teacher) -> dict:
         method="afr", sparsity=sparsity, structure=structure, num_batches=args.num_batches,
         seed=seed,
     )  # fmt: skip
+    torch.manual_seed(seed)  # the new classifier head: the same in both runs of a pair
     pruner = AFRPruner.from_pretrained(DEFAULT_MODEL, config, id2label=data["id2label"])
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data["train"]), generator=generator)
@@ -212,7 +212,11 @@ def main(argv=None) -> str:
     partial = output.with_suffix(".partial.jsonl")
     runs = []
     if args.resume and partial.exists():
-        runs = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
+        for line in partial.read_text().splitlines():
+            try:
+                runs.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by an interruption: that run reruns
+                continue
     elif partial.exists():
         partial.unlink()
     done = {run_key(r) for r in runs}

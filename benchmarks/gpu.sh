@@ -25,6 +25,9 @@
 #      not, the table says why and the layers stay dense (the run does not fail).
 #   5. structured pruning (benchmarks/structured_speed.py): ViT-B/16 shape, dense vs heads+mlp
 #      at 50% and 75%, bfloat16, inference at batch 64 and 256 and a fine-tuning step at 64.
+#   6. FSDP2 through accelerate (`fsdp_version: 2`, fully_shard per ViTLayer): the quickstart
+#      fine-tuning on one GPU; finetune.py verifies the masks after training (a violation
+#      fails the step) and saves the gathered full checkpoint. accelerate runs no FSDP on CPU.
 # Results, with the card name: ${OUT:-benchmarks/results}/perf-gpu.{md,json} and
 # inference-gpu.{md,json}, structured_speed-gpu.md.
 set -uo pipefail
@@ -49,5 +52,11 @@ step timeout 300 python benchmarks/inference.py --device cuda --dtype float16 --
     --sections vit main --output_dir "$out_dir" --output_name inference-gpu
 step timeout 120 python benchmarks/structured_speed.py --device cuda --dtype bfloat16 \
     --batch_sizes 64 256 --train_batch_size 64 --rounds 5 --output "$out_dir/structured_speed-gpu.md"
+
+step timeout 240 accelerate launch --num_processes 1 --use_fsdp --fsdp_version 2 \
+    --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap ViTLayer \
+    --fsdp_state_dict_type FULL_STATE_DICT --mixed_precision bf16 \
+    scripts/finetune.py scripts/quickstart.json --use_cpu false \
+    --output_dir "$out_dir/fsdp2-quickstart" --save_strategy epoch
 
 exit "$failed"

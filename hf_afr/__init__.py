@@ -20,6 +20,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "pretrained" / "tiny-vit-glyph
 _LAZY_ATTRIBUTES = {
     "AFRPruner": ".pruner",
     "CheckpointError": ".untrusted",
+    "DistillationTrainer": ".distillation",
     "MaskEnforcer": ".enforcement",
     "PrunerConfig": ".config",
     "PruningMaskCallback": ".enforcement",
@@ -31,6 +32,7 @@ _LAZY_ATTRIBUTES = {
     "structure_report": ".structure.report",
     "SparsityViolationError": ".enforcement",
     "apply_masks": ".masks",
+    "distillation_loss": ".distillation",
     "available_criteria": ".criteria",
     "enforce_masks": ".enforcement",
     "find_prunable_parameters": ".targets",
@@ -47,6 +49,7 @@ __all__ = [
     "AFRPruner",
     "CheckpointError",
     "DEFAULT_MODEL",
+    "DistillationTrainer",
     "MaskEnforcer",
     "PrunerConfig",
     "PruningMaskCallback",
@@ -58,6 +61,7 @@ __all__ = [
     "StructureReport",
     "__version__",
     "apply_masks",
+    "distillation_loss",
     "available_criteria",
     "count_macs",
     "enforce_masks",
@@ -76,6 +80,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .checkpoint.card_data import PrunedCardData
     from .config import PrunerConfig
     from .criteria import available_criteria, get_criterion, register_criterion
+    from .distillation import DistillationTrainer, distillation_loss
     from .enforcement import (
         MaskEnforcer,
         PruningMaskCallback,

@@ -1,10 +1,14 @@
-"""Multi-process helpers: unwrap models, refuse sharded parameters, agree on scores and masks.
+"""Multi-process helpers: unwrap models, check the parallelism, agree on scores and masks.
 
 Scoring in several processes gives the masks of one process on the same data: every rank
 scores its own shard of the scoring batches (`shard_batches`) and the gradient sums are
 all-reduced (`all_reduce_gradient_sums`, called by the criteria) before any mask is selected.
 The SNIP/ReFer/AFR objectives are sums of per-batch objectives, so splitting the *list of
 batches* across ranks is exact; splitting one batch across ranks would not be for ReFer.
+
+Sharded parameters: FSDP2 (`fully_shard`, DTensor parameters) is supported (see
+`hf_afr.sharding`); FSDP1 (`FullyShardedDataParallel`, flattened parameters) and DeepSpeed
+ZeRO-3 (partitioned parameters) are refused with a line pointing to FSDP2.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ from torch import nn
 
 T = TypeVar("T")
 
-_FSDP_CLASSES = ("FullyShardedDataParallel", "FSDPModule")
+_FSDP1_CLASS = "FullyShardedDataParallel"
 
 _SHARDED_HINT = (
-    "hf_afr keeps one boolean mask per full weight tensor, so it does not support sharded "
-    "parameters yet (FSDP, DeepSpeed ZeRO-3). Use DDP (`torchrun` / `accelerate launch` "
-    "without an FSDP or ZeRO-3 config) or DeepSpeed ZeRO-1/2 instead."
+    "hf_afr keeps masks exact on FSDP2's DTensor shards but not on {what}: use FSDP2 "
+    "(`torch.distributed.fsdp.fully_shard`; `--fsdp full_shard` with `fsdp_config` "
+    '{{"version": 2}}, or `fsdp_version: 2` in the accelerate config), DDP, or DeepSpeed ZeRO-1/2.'
 )
 
 
@@ -46,34 +50,49 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DDP / DataParallel / DeepSpeed / `torch.compile` wrappers (unchanged).
 
     accelerate's `extract_model_from_parallel`; call `check_supported_model` first, since it
-    would also unwrap FSDP, whose flattened parameters masks cannot address.
+    would also unwrap FSDP1, whose flattened parameters masks cannot address. An FSDP2 model
+    is its own unwrapped model (`fully_shard` changes the module in place).
     """
     return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
 def check_supported_model(model: nn.Module) -> None:
-    """Raise a `ValueError` if the model's parameters are sharded (FSDP, FSDP2, ZeRO-3)."""
+    """Raise a `ValueError` if the model's parameters are sharded in a way masks cannot follow
+    (FSDP1's flattened parameters, DeepSpeed ZeRO-3 partitions, DTensors not laid out as FSDP2's).
+    """
+    from .sharding import check_shardable, is_dtensor
+
     for module in model.modules():
-        if any(cls.__name__ in _FSDP_CLASSES for cls in type(module).__mro__):
-            raise ValueError(f"The model is wrapped in FSDP. {_SHARDED_HINT}")
+        if any(cls.__name__ == _FSDP1_CLASS for cls in type(module).__mro__):
+            what = "FSDP1's flattened parameters (FullyShardedDataParallel)"
+            raise ValueError(f"The model is wrapped in FSDP1. {_SHARDED_HINT.format(what=what)}")
     for name, p in model.named_parameters():
-        if type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor":
-            raise ValueError(f"Parameter {name!r} is a sharded DTensor. {_SHARDED_HINT}")
+        if is_dtensor(p):
+            check_shardable(name, p)
         if hasattr(p, "ds_id"):
+            what = "DeepSpeed ZeRO-3 partitions"
             raise ValueError(
-                f"Parameter {name!r} is partitioned by DeepSpeed ZeRO-3. {_SHARDED_HINT}"
+                f"Parameter {name!r} is partitioned by DeepSpeed ZeRO-3. "
+                + _SHARDED_HINT.format(what=what)
             )
 
 
 def check_supported_training_args(args: Any) -> None:
-    """Refuse FSDP / DeepSpeed ZeRO-3 set in `TrainingArguments` or by `accelerate launch`."""
-    if getattr(args, "fsdp", None) or _env_flag("ACCELERATE_USE_FSDP"):
-        raise ValueError(f"FSDP is enabled. {_SHARDED_HINT}")
+    """Refuse FSDP1 / DeepSpeed ZeRO-3 set in `TrainingArguments` or by `accelerate launch`
+    (FSDP2 is accepted)."""
+    fsdp_config = getattr(args, "fsdp_config", None) or {}
+    if getattr(args, "fsdp", None) and int(fsdp_config.get("version", 2)) == 1:
+        what = "FSDP1 (`fsdp_config` version 1)"
+        raise ValueError(f"FSDP1 is enabled. {_SHARDED_HINT.format(what=what)}")
+    if _env_flag("ACCELERATE_USE_FSDP") and os.environ.get("FSDP_VERSION", "1").strip() == "1":
+        what = "FSDP1 (accelerate's default `fsdp_version: 1`)"
+        raise ValueError(f"FSDP1 is enabled by accelerate. {_SHARDED_HINT.format(what=what)}")
     stage = _deepspeed_zero_stage(getattr(args, "deepspeed", None))
     if stage is None and _env_flag("ACCELERATE_USE_DEEPSPEED"):
         stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0") or 0)
     if stage == 3:
-        raise ValueError(f"DeepSpeed ZeRO stage 3 is enabled. {_SHARDED_HINT}")
+        what = "DeepSpeed ZeRO-3 partitions"
+        raise ValueError(f"DeepSpeed ZeRO stage 3 is enabled. {_SHARDED_HINT.format(what=what)}")
 
 
 def _env_flag(name: str) -> bool:
@@ -96,6 +115,24 @@ def shard_batches(batches: Sequence[T]) -> list[T]:
     return list(batches[rank::world_size])
 
 
+def check_equal_batch_counts(
+    batches: Any, num_batches: int, device: torch.device | str = "cpu"
+) -> None:
+    """Under FSDP2 every rank must run as many scoring backward passes (each one is a collective
+    reduce-scatter): raise a `ValueError` on every rank if the sized `batches` differ in count."""
+    if not is_distributed() or not hasattr(batches, "__len__"):
+        return
+    count = min(len(batches), num_batches)
+    counts = torch.tensor([count, -count], device=device)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    if int(counts[0]) != -int(counts[1]):
+        raise ValueError(
+            f"With FSDP2 every process must score the same number of batches; they got "
+            f"{-int(counts[1])} to {int(counts[0])}. Make `num_batches` a multiple of the number "
+            "of processes (the scripts shard the batches with `shard_batches`)."
+        )
+
+
 @torch.no_grad()
 def all_reduce_gradient_sums(sums: Sequence[dict[str, torch.Tensor]], num_batches: int) -> int:
     """Sum gradient sums (in place) and batch counts over all processes.
@@ -111,7 +148,8 @@ def all_reduce_gradient_sums(sums: Sequence[dict[str, torch.Tensor]], num_batche
     device = next((t.device for s in sums for t in s.values()), torch.device("cpu"))
     for per_objective in sums:
         for name in sorted(per_objective):  # the same order on every rank
-            dist.all_reduce(per_objective[name], op=dist.ReduceOp.SUM)
+            if type(per_objective[name]).__name__ != "DTensor":  # FSDP2 reduced it already
+                dist.all_reduce(per_objective[name], op=dist.ReduceOp.SUM)
     count = torch.tensor([num_batches], dtype=torch.long, device=device)
     dist.all_reduce(count, op=dist.ReduceOp.SUM)
     return int(count.item())

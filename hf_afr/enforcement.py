@@ -21,6 +21,13 @@ How the masks survive training:
    at the end of training, and writes the masks (and pruner config) into every checkpoint
    folder, so `resume_from_checkpoint` restores the exact masks.
 
+FSDP2 (`fully_shard`, DTensor parameters): the full masks are cut once into the shards of
+their parameters (`hf_afr.sharding.local_mask`). FSDP2 reduce-scatters each gradient into
+the parameter's shard and then runs its post-accumulate-grad hooks, so the gradient hook is one
+of those and masks the local gradient shard (still before clipping and the optimizer step);
+weights and optimizer state are masked on the local shards; `violations` sums the counts of all
+ranks (every rank must call it).
+
 Cost: per backward one in-place multiplication of each masked gradient (the weight gradient
 of an `nn.Linear` is a fresh buffer that only its parameter receives), per optimizer step one
 in-place multiplication of each masked weight. The `(parameter, keep mask)` pairs are built once,
@@ -45,6 +52,7 @@ from .checkpoint.masks_file import save_masks
 from .config import PrunerConfig
 from .distributed import check_supported_model, check_supported_training_args, unwrap_model
 from .masks import nonzero_where_pruned
+from .sharding import is_dtensor, local_mask, local_tensor
 
 logger = logging.get_logger(__name__)
 
@@ -64,7 +72,8 @@ class MaskEnforcer:
     """Keeps the pruned entries (mask False) of a model's weights and optimizer state at zero.
 
     Parameters are looked up by name on the unwrapped model (DDP, DataParallel, DeepSpeed and
-    `torch.compile` wrappers are stripped). Sharded parameters (FSDP, ZeRO-3) are refused.
+    `torch.compile` wrappers are stripped). On an FSDP2 model (`fully_shard`) the full masks
+    are sharded like their parameters; FSDP1 and ZeRO-3 are refused.
 
     Args:
         model (`nn.Module`): the model being trained, wrapped or not.
@@ -102,7 +111,9 @@ class MaskEnforcer:
                 raise ValueError(
                     f"Mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(p.shape)}."
                 )
-            self._keep.append((name, p, mask.to(device=p.device, dtype=torch.bool).byte()))
+            keep = mask.to(device=local_tensor(p.data).device, dtype=torch.bool).byte()
+            self._keep.append((name, p, local_mask(keep, p)))
+        self._sharded = any(is_dtensor(p) for _, p, _ in self._keep)
         self._hooks: list = []
 
     @torch.no_grad()
@@ -110,16 +121,18 @@ class MaskEnforcer:
         """Zero the pruned weights and, if given, the optimizer state at pruned positions."""
         state = unwrap_optimizer(optimizer).state if optimizer is not None else {}
         for _, p, keep in self._keep:
-            p.mul_(keep)
+            local_tensor(p.data).mul_(keep)
             for value in state.get(p, {}).values():
                 if torch.is_tensor(value) and value.shape == p.shape:
-                    value.mul_(keep)
+                    local_tensor(value).mul_(keep)
 
     def attach(self, optimizer: torch.optim.Optimizer | None = None) -> MaskEnforcer:
         """Register the gradient hooks and, if given, the optimizer's post-step hook."""
         self.detach()
         for _, p, keep in self._keep:
-            if p.requires_grad:
+            if p.requires_grad and is_dtensor(p):  # FSDP2 calls it on the reduced shard
+                self._hooks.append(p.register_post_accumulate_grad_hook(_shard_mask_hook(keep)))
+            elif p.requires_grad:
                 self._hooks.append(p.register_hook(_gradient_mask_hook(keep)))
         if optimizer is not None:
             optimizer = unwrap_optimizer(optimizer)
@@ -135,19 +148,30 @@ class MaskEnforcer:
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
         for _, p, keep in self._keep:
-            p.mul_(keep)
+            local_tensor(p.data).mul_(keep)
 
     def violations(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-        """Number of nonzero entries at pruned positions, per weight (and optimizer state)."""
+        """Number of nonzero entries at pruned positions, per weight (and optimizer state).
+
+        On an FSDP2 model the counts of all ranks are summed (a collective: call it on every rank).
+        """
         state = unwrap_optimizer(optimizer).state if optimizer is not None else {}
         tensors, keeps = {}, {}
         for name, p, keep in self._keep:
-            tensors[name], keeps[name] = p, keep
+            tensors[name], keeps[name] = local_tensor(p.detach()), keep
             for key, value in state.get(p, {}).items():
                 if torch.is_tensor(value) and value.shape == p.shape:
-                    tensors[f"{name} (optimizer {key})"] = value
+                    tensors[f"{name} (optimizer {key})"] = local_tensor(value)
                     keeps[f"{name} (optimizer {key})"] = keep
-        return nonzero_where_pruned(tensors, keeps)
+        counts = nonzero_where_pruned(tensors, keeps)
+        if self._sharded and tensors:
+            # Every rank holds the same parameters and state names, in the same order.
+            import torch.distributed as dist
+
+            totals = torch.tensor([counts.get(name, 0) for name in tensors], dtype=torch.int64)
+            dist.all_reduce(totals)
+            counts = {name: int(n) for name, n in zip(tensors, totals.tolist()) if n}
+        return counts
 
     def verify(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Raise `SparsityViolationError` if any pruned weight or optimizer state is nonzero."""
@@ -168,6 +192,15 @@ def _gradient_mask_hook(keep: torch.Tensor):
         if grad.requires_grad or not grad.is_contiguous():  # double backward, or a shared view
             return grad * keep
         return grad.mul_(keep)  # a fresh weight gradient: in place, no allocation
+
+    return hook
+
+
+def _shard_mask_hook(keep: torch.Tensor):
+    @torch.no_grad()
+    def hook(param: torch.Tensor) -> None:
+        if param.grad is not None:
+            local_tensor(param.grad).mul_(keep)
 
     return hook
 

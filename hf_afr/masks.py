@@ -10,6 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .sharded_selection import full_masks, is_sharded, select_sharded_masks
+from .sharding import local_mask, local_tensor
+
 
 def check_scores(scores: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> None:
     """Raise a `ValueError` naming the first parameter whose scores are missing or not finite."""
@@ -110,6 +113,10 @@ def select_masks(
     N:M `pattern` every run of M consecutive weights along the input dimension keeps its N
     best (`select_nm_masks`); `sparsity` must then be 1 - N/M and `scope` does not matter.
 
+    Scores sharded over ranks (DTensors, as FSDP2's parameters) give the same masks, selected
+    without gathering the scores (`hf_afr.sharded_selection`; a collective, full masks on every
+    rank).
+
     Args:
         scores (`dict[str, Tensor]`): one finite score tensor per parameter name.
         sparsity (`float`): fraction of weights to prune, in [0, 1).
@@ -127,11 +134,16 @@ def select_masks(
             raise ValueError(
                 f"The {n}:{m} pattern prunes 1 - {n}/{m} of the weights, but `sparsity` is {sparsity}."
             )
+        if is_sharded(scores):  # N:M groups lie within rows, which FSDP2 does not split
+            local = select_nm_masks({k: local_tensor(v) for k, v in scores.items()}, n, m)
+            return full_masks(local, scores)
         return select_nm_masks(scores, n, m)
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"`scope` must be 'global' or 'layerwise', got {scope!r}.")
+    if is_sharded(scores):
+        return select_sharded_masks(scores, sparsity, scope, min_density)
     if scope == "layerwise":
         return {name: prune_lowest(s, round(sparsity * s.numel())) for name, s in scores.items()}
-    if scope != "global":
-        raise ValueError(f"`scope` must be 'global' or 'layerwise', got {scope!r}.")
 
     names = list(scores)
     flat = torch.cat([scores[name].reshape(-1).float() for name in names])
@@ -197,8 +209,11 @@ def nonzero_where_pruned(
 
 @torch.no_grad()
 def apply_masks(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
-    """Set the pruned entries (mask False) of each parameter to exactly zero, in place."""
+    """Set the pruned entries (mask False) of each parameter to exactly zero, in place.
+
+    Masks are full tensors; on a sharded (FSDP2) parameter each rank zeroes its own shard.
+    """
     check_mask_shapes(params, masks)
     for name, mask in masks.items():
         p = params[name]
-        p.masked_fill_(~mask.to(p.device), 0)
+        local_tensor(p.data).masked_fill_(~local_mask(mask.to(torch.bool), p), 0)

@@ -27,10 +27,12 @@ from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
 from .controls import controlled_masks
 from .criteria import get_criterion
+from .distributed import check_equal_batch_counts
 from .files import check_local_folder
 from .hub import push_to_hub
 from .masks import apply_masks, check_scores, nonzero_where_pruned
 from .report import SparsityReport
+from .sharding import has_dtensor_parameters, unsharded_copy
 from .structure.prune import prune_structure
 from .structure.report import (
     StructureReport,
@@ -156,6 +158,9 @@ class AFRPruner:
             raise ValueError(
                 f"Method {self.config.method!r} needs scoring batches; pass `batches`."
             )
+        if has_dtensor_parameters(self.model):  # FSDP2: a collective per backward
+            device = next(self.model.parameters()).to_local().device
+            check_equal_batch_counts(batches, self.config.num_batches, device)
         return logging.tqdm(
             itertools.islice(batches, self.config.num_batches),
             total=self.config.num_batches,
@@ -274,11 +279,19 @@ class AFRPruner:
             model_card_kwargs (`dict`, *optional*): the same as a dict (`base_model`, `datasets`,
                 `accuracy`, `eval_dataset`, `command`, `training`, ...), instead of `card_data`.
             kwargs: passed to `model.save_pretrained` (dense format only, e.g. `max_shard_size`).
+
+        With an FSDP2 model (DTensor parameters) this is a collective: call it on every process;
+        the full weights are gathered and process 0 writes the same checkpoint as a DDP run.
         """
         self._check_pruned()  # no pruner_config.json claiming a sparsity without masks
+        model = self.model
+        if has_dtensor_parameters(model):
+            model = unsharded_copy(model)
+            if model is None:  # not process 0: it only took part in the gather
+                return
         save_pruned_checkpoint(
             save_directory,
-            self.model,
+            model,
             self.masks,
             self.config,
             checkpoint_format=checkpoint_format,

@@ -11,7 +11,12 @@ Examples:
         --output_dir vit-afr90-cifar10 --do_train --do_eval --learning_rate 2e-5
     accelerate launch scripts/finetune.py ...        # one or several GPUs
     torchrun --nproc_per_node 2 scripts/finetune.py ...  # several CPU processes (gloo)
+    accelerate launch --config_file fsdp2.yaml scripts/finetune.py ...  # FSDP2 on GPUs
     python scripts/finetune.py args.json --output_dir other  # a .json/.yaml file, then overrides
+
+Distillation: `--teacher_model_name_or_path` (a classifier with the same labels, e.g. the
+dense model fine-tuned on the task) trains with DeiT's soft distillation loss
+(`--distillation_alpha`, `--distillation_temperature`; `hf_afr.distillation`).
 
 Masks: scored on `--num_batches` seeded batches of the training set (evaluation transforms),
 split over the processes with the gradients summed, so every process count gives the masks of
@@ -28,11 +33,12 @@ from collections.abc import Sequence
 from transformers import TrainingArguments, set_seed
 from transformers.utils import logging
 
-from hf_afr import ResumingTrainer
 from hf_afr.distributed import check_supported_training_args
 from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
+from hf_afr.sharding import has_dtensor_parameters
 from hf_afr.workflow.arguments import (
     DataTrainingArguments,
+    DistillationArguments,
     ModelArguments,
     PruningArguments,
     parse_arguments,
@@ -58,6 +64,7 @@ from hf_afr.workflow.steps import (
     setup_logging,
     weight_sparsity_report,
 )
+from hf_afr.workflow.teacher import trainer_with_teacher
 from hf_afr.workflow.transforms import ImageTransform, collate_fn, undecoded
 
 logger = logging.get_logger("hf_afr.scripts")
@@ -65,8 +72,14 @@ logger = logging.get_logger("hf_afr.scripts")
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    arguments = (ModelArguments, DataTrainingArguments, PruningArguments, TrainingArguments)
-    model_args, data_args, pruning_args, training_args = parse_arguments(
+    arguments = (
+        ModelArguments,
+        DataTrainingArguments,
+        PruningArguments,
+        DistillationArguments,
+        TrainingArguments,
+    )
+    model_args, data_args, pruning_args, distill_args, training_args = parse_arguments(
         arguments, argv, prog="finetune.py"
     )
     config = pruner_config(pruning_args, training_args)
@@ -121,7 +134,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         freeze_unused_parameters(pruner.model, collate_fn([dataset["train"][0]]))
         training_args.ddp_find_unused_parameters = False
     metric = load_accuracy_metric(model_args.cache_dir) if training_args.do_eval else None
-    trainer = ResumingTrainer(  # resumes through transformers' key conversion
+    trainer_cls, teacher_kwargs = trainer_with_teacher(
+        distill_args, pruner.model.config, data_args.horizontal_flip, model_args.cache_dir
+    )
+    trainer = trainer_cls(
         model=pruner.model,
         args=training_args,
         train_dataset=dataset["train"] if training_args.do_train else None,
@@ -131,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         compute_metrics=accuracy_metric_fn(metric),
         # a structurally pruned model without masks is a plain smaller dense model
         callbacks=[PruningMaskCallback.from_pruner(pruner)] if pruner.masks else [],
+        **teacher_kwargs,
     )
     metrics, results = {}, {}  # the results files are saved with the model, in one save
     if training_args.do_train:
@@ -179,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                 token=hub_token,
                 private=training_args.hub_private_repo,
             )
+    elif has_dtensor_parameters(pruner.model):  # FSDP2: every process takes part in the gather
+        pruner.save_pretrained(training_args.output_dir, model_args.checkpoint_format)
     return {**metrics, **sparsity_metrics}
 
 

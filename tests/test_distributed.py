@@ -81,14 +81,22 @@ def test_enforcer_finds_parameters_through_ddp(single_process_group):
 @pytest.mark.parametrize(
     "args",
     [
-        SimpleNamespace(fsdp="full_shard", deepspeed=None),
-        SimpleNamespace(fsdp=True, deepspeed=None),
+        SimpleNamespace(fsdp="full_shard", fsdp_config={"version": 1}, deepspeed=None),
         SimpleNamespace(fsdp=None, deepspeed={"zero_optimization": {"stage": 3}}),
     ],
 )
-def test_sharded_training_is_refused(args):
-    with pytest.raises(ValueError, match="does not support sharded parameters"):
+def test_fsdp1_and_zero3_training_are_refused_naming_fsdp2(args):
+    with pytest.raises(ValueError, match="use FSDP2"):
         check_supported_training_args(args)
+
+
+def test_fsdp2_training_args_are_accepted():
+    check_supported_training_args(  # transformers' default FSDP version is 2
+        SimpleNamespace(fsdp="full_shard", fsdp_config={}, deepspeed=None)
+    )
+    check_supported_training_args(
+        SimpleNamespace(fsdp="full_shard", fsdp_config={"version": 2}, deepspeed=None)
+    )
 
 
 def test_zero3_json_file_and_accelerate_env_are_refused(tmp_path, monkeypatch):
@@ -100,17 +108,19 @@ def test_zero3_json_file_and_accelerate_env_are_refused(tmp_path, monkeypatch):
         SimpleNamespace(fsdp=None, deepspeed={"zero_optimization": {"stage": 2}})
     )
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match="FSDP is enabled"):
+    with pytest.raises(ValueError, match="FSDP1 is enabled by accelerate"):
         check_supported_training_args(SimpleNamespace(fsdp=None, deepspeed=None))
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    check_supported_training_args(SimpleNamespace(fsdp=None, deepspeed=None))
 
 
-def test_sharded_models_are_refused():
-    class FullyShardedDataParallel(nn.Module):  # stands in for torch's FSDP wrapper
+def test_fsdp1_and_zero3_models_are_refused():
+    class FullyShardedDataParallel(nn.Module):  # stands in for torch's FSDP1 wrapper
         def __init__(self, module):
             super().__init__()
             self.module = module
 
-    with pytest.raises(ValueError, match="wrapped in FSDP"):
+    with pytest.raises(ValueError, match="wrapped in FSDP1"):
         check_supported_model(FullyShardedDataParallel(tiny_model()))
     model = tiny_model()
     model.classifier.weight.ds_id = 3  # what DeepSpeed ZeRO-3 sets on partitioned parameters

@@ -242,8 +242,10 @@ def test_callback_saves_masks_in_checkpoints_and_checks_sparsity(tmp_path):
     assert callback.enforcer._hooks == []
 
 
-def test_callback_refuses_fsdp(tmp_path):
+def test_callback_refuses_fsdp1(tmp_path):
     model, masks = pruned_model()
-    args = SimpleNamespace(output_dir=str(tmp_path), should_save=True, fsdp="full_shard")
-    with pytest.raises(ValueError, match="FSDP"):
+    args = SimpleNamespace(
+        output_dir=str(tmp_path), should_save=True, fsdp="full_shard", fsdp_config={"version": 1}
+    )
+    with pytest.raises(ValueError, match="FSDP1 is enabled"):
         PruningMaskCallback(masks).on_train_begin(args, None, None, model=model, optimizer=None)

@@ -47,6 +47,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..architectures import encoder_blocks, feature_reader
 from ..distributed import all_reduce_gradient_sums
+from ..sharding import is_dtensor, summed_gradients
 
 OBJECTIVES = ("loss", "refer")
 
@@ -256,6 +257,9 @@ class _GradientSums:
         self.sums: list[dict[str, torch.Tensor]] = [{} for _ in range(num_objectives)]
         self.objective = 0
         names = {p: name for name, p in params.items()}
+        # FSDP2 computes gradients of unsharded copies (not in the graph as `inputs`) and hands
+        # the reduced shards to these hooks: the backward then runs over the whole graph.
+        self.sharded = any(is_dtensor(p) for p in params.values())
         self.handles = [
             p.register_post_accumulate_grad_hook(functools.partial(self._take, name))
             for p, name in names.items()
@@ -277,7 +281,8 @@ class _GradientSums:
 
     def backward(self, objective: int, value: torch.Tensor, retain_graph: bool) -> None:
         self.objective = objective
-        torch.autograd.backward(value, inputs=list(self.params.values()), retain_graph=retain_graph)
+        inputs = None if self.sharded else list(self.params.values())
+        torch.autograd.backward(value, inputs=inputs, retain_graph=retain_graph)
 
     def remove_hooks(self) -> None:
         for handle in self.handles:
@@ -310,7 +315,10 @@ def accumulate_gradients(
         raise ValueError(f"Unknown objectives {sorted(unknown)}; allowed: {OBJECTIVES}.")
     num_batches = 0
     checkpointing = bool(getattr(config, "gradient_checkpointing", False))
-    with scoring_mode(model, params, gradient_checkpointing=checkpointing):
+    with (
+        scoring_mode(model, params, gradient_checkpointing=checkpointing),
+        summed_gradients(model),  # FSDP2: reduce-scatter sums, as the all-reduce below
+    ):
         accumulator = _GradientSums(params, len(objectives))
         try:
             for raw_batch in batches:

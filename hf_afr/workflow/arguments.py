@@ -200,6 +200,38 @@ class PruneArguments:
     )
 
 
+@dataclass
+class DistillationArguments:
+    """Distillation from a dense teacher while fine-tuning (`hf_afr.distillation`)."""
+
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Distil from this image classifier (a Hub id or folder with the same labels, "
+            "e.g. the dense model fine-tuned on the task); off when not given."
+        },
+    )
+    distillation_alpha: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the teacher's soft targets; 1 - alpha weighs the labels."},
+    )
+    distillation_temperature: float = field(
+        default=2.0, metadata={"help": "Temperature T of the soft targets (loss scaled by T^2)."}
+    )
+    cache_teacher_logits: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the teacher's logits per training example so later epochs skip the "
+            "teacher (needs `--horizontal_flip false`: no random augmentation)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        from ..distillation import check_distillation_settings
+
+        check_distillation_settings(self.distillation_alpha, self.distillation_temperature)
+
+
 # `PrunerConfig` fields that are options of the whole run (see the module docstring).
 SHARED_OPTIONS = ("seed", "gradient_checkpointing")
 

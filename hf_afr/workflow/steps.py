@@ -20,6 +20,7 @@ from ..criteria import get_criterion
 from ..distributed import broadcast_masks
 from ..pruner import AFRPruner
 from ..report import SparsityReport
+from ..sharding import is_dtensor
 from ..structure.report import StructureReport
 from .arguments import ModelArguments
 from .data import hub_or_offline
@@ -225,8 +226,14 @@ def describe_masks(pruner: AFRPruner) -> str:
 
 
 def weight_sparsity_report(pruner: AFRPruner) -> SparsityReport:
-    """Sparsity measured on the weights themselves (a zero counts as pruned)."""
-    return SparsityReport.from_masks({name: p.detach() != 0 for name, p in pruner.params.items()})
+    """Sparsity measured on the weights themselves (a zero counts as pruned).
+
+    With FSDP2 (DTensor weights) the nonzero flags are gathered: call it on every process.
+    """
+    nonzero = {name: p.detach() != 0 for name, p in pruner.params.items()}
+    return SparsityReport.from_masks(
+        {name: m.full_tensor() if is_dtensor(m) else m for name, m in nonzero.items()}
+    )
 
 
 def freeze_unused_parameters(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:

@@ -7,8 +7,7 @@ The loss is DeiT's soft distillation (Touvron et al., 2021), on the logits:
 with the KL divergence averaged over the batch (`reduction="batchmean"`); the T^2 factor keeps
 the soft term's gradient scale independent of the temperature (Hinton et al., 2015).
 `DistillationTrainer` is a `transformers.Trainer` (a `ResumingTrainer`) that computes it in
-`compute_loss`; the
-teacher is frozen, in eval mode, and placed on the device by accelerate (no DDP/FSDP wrapper,
+`compute_loss`; the teacher is frozen, in eval mode, and placed on the device by accelerate (no DDP/FSDP wrapper,
 it gets no gradient). Evaluation reports the student's plain cross-entropy.
 
 Example:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +14,7 @@ from .architectures import FEATURE_TOKENS
 from .criteria import criteria_help, get_criterion
 from .files import atomic_write_text, read_json_object, resolve_file
 from .masks import parse_pattern  # noqa: F401 - re-exported
-from .untrusted import CheckpointError, describe
+from .untrusted import CheckpointError, check_field_types
 from .version import __version__
 
 logger = logging.get_logger(__name__)
@@ -344,39 +342,13 @@ class PrunerConfig:
         else:
             path = resolve_file(name_or_path, PRUNER_CONFIG_NAME, **hub_kwargs)
         data = read_json_object(path)
-        _check_field_types(cls, data, path)
+        check_field_types(cls, data, path)
         try:
             return cls.from_dict(data)
         except CheckpointError:
             raise
         except (ValueError, TypeError) as err:
             raise CheckpointError(path, None, str(err)) from None
-
-
-def _json_type_fits(hint: Any, value: Any) -> bool:
-    """Whether a JSON value has the type a field's annotation names (bool is not a number)."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_json_type_fits(arg, value) for arg in typing.get_args(hint))
-    if typing.get_origin(hint) is list:  # list[str]; a single string is accepted too
-        return isinstance(value, str) or (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
-        )
-    if hint is type(None):
-        return value is None
-    if hint in (int, float):
-        numbers = (int,) if hint is int else (int, float)
-        return isinstance(value, numbers) and not isinstance(value, bool)
-    return isinstance(value, hint) if hint in (str, bool) else True
-
-
-def _check_field_types(cls: type, data: dict[str, Any], path: str) -> None:
-    """Raise a `CheckpointError` naming the first field of `data` whose JSON type is wrong."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in data and not _json_type_fits(hints[f.name], data[f.name]):
-            hint = hints[f.name]
-            kind = getattr(hint, "__name__", None) or str(hint)
-            raise CheckpointError(path, f.name, f"must be {kind}, got {describe(data[f.name])}.")
 
 
 def _as_float(name: str, value: Any) -> float:

@@ -11,10 +11,13 @@ Imports nothing of hf_afr (every module may use it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
+import types
+import typing
 from typing import Any
 
 import numpy as np
@@ -179,3 +182,30 @@ def check_finite(value: Any, path: str | os.PathLike, field: str) -> float:
     if not finite:
         raise CheckpointError(path, field, f"must be a finite number, got {describe(value)}.")
     return value
+
+
+def _json_type_fits(hint: Any, value: Any) -> bool:
+    """Whether a JSON value has the type a field's annotation names (bool is not a number)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_json_type_fits(arg, value) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:  # list[str]; a single string is accepted too
+        return isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        )
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        numbers = (int,) if hint is int else (int, float)
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    return isinstance(value, hint) if hint in (str, bool) else True
+
+
+def check_field_types(cls: type, data: dict[str, Any], path: str) -> None:
+    """Raise a `CheckpointError` naming the first field of `data` (read from `path`) whose JSON
+    type is not the one the dataclass `cls` annotates."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in data and not _json_type_fits(hints[f.name], data[f.name]):
+            hint = hints[f.name]
+            kind = getattr(hint, "__name__", None) or str(hint)
+            raise CheckpointError(path, f.name, f"must be {kind}, got {describe(data[f.name])}.")

@@ -244,8 +244,13 @@ def run_job(job: dict) -> dict:
     return result
 
 
+# Runs are planned phase by phase: a grid stopped early holds the goal's comparisons first.
+PHASES = (("dense", "afr", "magnitude", "snip"), (UNSTRUCTURED, "refer", "random"))
+
+
 def plan(args) -> list[dict]:
-    """The runs, seed by seed and task by task (a partial grid holds whole paired cells)."""
+    """The runs, phase by phase, then seed by seed and task by task (a grid stopped early holds
+    whole paired cells)."""
     base = {
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "num_batches": args.num_batches, "scoring_batch_size": args.scoring_batch_size,
@@ -253,17 +258,20 @@ def plan(args) -> list[dict]:
         "latency_rounds": args.latency_rounds, "bisection_steps": args.bisection_steps,
     }  # fmt: skip
     jobs = []
-    for seed in args.seeds:
-        for task in args.tasks:
-            if "dense" in args.methods:
-                jobs.append({**base, "task": task, "seed": seed, "method": "dense", "sparsity": 0})
-            for sparsity in args.sparsities:
-                for method in args.methods:
-                    if method != "dense":
-                        jobs.append(
-                            {**base, "task": task, "seed": seed, "method": method,
-                             "sparsity": sparsity}
-                        )  # fmt: skip
+    for phase in PHASES:
+        methods = [m for m in phase if m in args.methods]
+        for seed in args.seeds:
+            for task in args.tasks:
+                if "dense" in methods:
+                    jobs.append(
+                        {**base, "task": task, "seed": seed, "method": "dense", "sparsity": 0}
+                    )
+                for sparsity in args.sparsities:
+                    jobs += [
+                        {**base, "task": task, "seed": seed, "method": m, "sparsity": sparsity}
+                        for m in methods
+                        if m != "dense"
+                    ]
     return jobs
 
 

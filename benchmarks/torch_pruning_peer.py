@@ -180,7 +180,10 @@ def reload_status(model) -> str:
             model.save_pretrained(tmp)
             type(model).from_pretrained(tmp)
         except Exception as error:  # the peer's failure is the measurement
-            return f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            message = str(error).splitlines()[0][:160]
+            if "ignore_mismatched_sizes" in message:  # the config still has the dense widths
+                message = "weight shapes differ from those the saved config describes"
+            return f"{type(error).__name__}: {message}"
     return "reloads"
 
 
@@ -332,7 +335,8 @@ def tables(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    import torch_pruning as tp
+    from importlib import metadata
+
     import transformers
 
     from hf_afr import DEFAULT_MODEL
@@ -353,7 +357,9 @@ def main(argv=None) -> dict:
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
     error = recipe_import_error()
-    print(f"torch-pruning {tp.__version__}, transformers {transformers.__version__}")
+    print(
+        f"torch-pruning {metadata.version('torch-pruning')}, transformers {transformers.__version__}"
+    )
     print(f"prune_hf_vit.py's import: {error or 'imports'}")
     if args.recipe_error:
         return {"recipe_import_error": error}
@@ -361,7 +367,7 @@ def main(argv=None) -> dict:
     result = {
         "args": vars(args),
         "versions": {
-            "torch_pruning": tp.__version__,
+            "torch_pruning": metadata.version("torch-pruning"),
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         },

@@ -7,6 +7,9 @@ In the spirit of peft's `TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING` and tr
 - the transformers class that loads a checkpoint with a classification head (a bare backbone
   gets a new head), and for dual-encoder families the vision-only config types and class;
 - the patch-embedding and head module names (`prune_patch_embeddings`, `prune_classifier`);
+- the layout of its transformer blocks (`layout`): which modules are the query, key, value and
+  output projections, the MLP's two Linears, the head-count attributes and the per-head tables
+  (Swin's and BEiT's relative position bias), read by structured pruning and by `shrink`;
 - how ReFer reads one feature vector per sample from a block's output (a hidden state of
   shape `(batch, tokens, width)`): the leading tokens that are not patches (CLS, DeiT's
   distillation token, DINOv2's registers) and the reduction the family's own classification
@@ -28,6 +31,8 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
+
+from .structure.slicing import BlockLayout, sized_class
 
 FEATURE_TOKENS = ("auto", "cls", "mean", "patch_mean", "cls_patch_mean")
 """`PrunerConfig.feature_token` choices; see `token_feature`."""
@@ -54,6 +59,8 @@ class VisionArchitecture:
         vision_model_types (`tuple[str, ...]`): config types of vision-only checkpoints of a
             dual-encoder family (e.g. `"clip_vision_model"`), loaded with `vision_model_class`.
         vision_model_class (`str`, *optional*): the vision tower class (`CLIPVisionModel`).
+        layout (`BlockLayout`, defaults to the ViT layout): attribute paths of one transformer
+            block (attention projections, head counts, per-head tables, MLP Linears).
     """
 
     model_type: str
@@ -68,6 +75,7 @@ class VisionArchitecture:
     head: str = "classifier"
     vision_model_types: tuple[str, ...] = ()
     vision_model_class: str | None = None
+    layout: BlockLayout = BlockLayout()
 
     @property
     def model_cls(self) -> type[nn.Module]:
@@ -86,6 +94,22 @@ class VisionArchitecture:
 
 
 _TOWER = "embeddings.patch_embedding"  # CLIP and SigLIP vision towers
+_TOWER_LAYOUT = BlockLayout(
+    query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj",
+    output="self_attn.out_proj", attention="self_attn", head_count=("num_heads",),
+    scaling="scale",
+)  # fmt: skip
+_BEIT_LAYOUT = BlockLayout(head_tables=("relative_position_bias.relative_position_bias_table",))
+_DATA2VEC_LAYOUT = BlockLayout(
+    query="attention.attention.query", key="attention.attention.key",
+    value="attention.attention.value", output="attention.output.dense",
+    attention="attention.attention", head_width=("all_head_size",),
+    head_tables=("attention.attention.relative_position_bias.relative_position_bias_table",),
+    scaling="", fc1="intermediate.dense", fc2="output.dense",
+)  # fmt: skip
+_SWIN_LAYOUT = BlockLayout(
+    head_tables=("attention.relative_position_bias.relative_position_bias_table",)
+)
 
 ARCHITECTURES: dict[str, VisionArchitecture] = {
     arch.model_type: arch
@@ -104,11 +128,11 @@ ARCHITECTURES: dict[str, VisionArchitecture] = {
         ),
         VisionArchitecture(
             "beit", "BEiT", "BeitForImageClassification", "patch_mean",
-            mean_pooling_attr="use_mean_pooling",
+            mean_pooling_attr="use_mean_pooling", layout=_BEIT_LAYOUT,
         ),
         VisionArchitecture(
             "data2vec-vision", "Data2Vec-Vision", "Data2VecVisionForImageClassification",
-            "patch_mean", mean_pooling_attr="use_mean_pooling",
+            "patch_mean", mean_pooling_attr="use_mean_pooling", layout=_DATA2VEC_LAYOUT,
         ),
         VisionArchitecture(
             "ijepa", "I-JEPA", "IJepaForImageClassification", "mean", cls_token=False,
@@ -116,14 +140,17 @@ ARCHITECTURES: dict[str, VisionArchitecture] = {
         VisionArchitecture(
             "clip", "CLIP", "CLIPForImageClassification", "patch_mean",
             patch_embedding=_TOWER, vision_model_types=("clip_vision_model",),
-            vision_model_class="CLIPVisionModel",
+            vision_model_class="CLIPVisionModel", layout=_TOWER_LAYOUT,
         ),
         VisionArchitecture(
             "siglip", "SigLIP", "SiglipForImageClassification", "mean", cls_token=False,
             patch_embedding=_TOWER, vision_model_types=("siglip_vision_model",),
-            vision_model_class="SiglipVisionModel",
+            vision_model_class="SiglipVisionModel", layout=_TOWER_LAYOUT,
         ),
-        VisionArchitecture("swin", "Swin", "SwinForImageClassification", "mean", cls_token=False),
+        VisionArchitecture(
+            "swin", "Swin", "SwinForImageClassification", "mean", cls_token=False,
+            layout=_SWIN_LAYOUT,
+        ),
     )
 }  # fmt: skip
 
@@ -281,6 +308,12 @@ def load_family_classifier(
     arch = get_architecture(model_config)
     if model_config.model_type in arch.vision_model_types:
         model, info = _load_vision_tower(name_or_path, arch, dict(model_kwargs))
+    elif getattr(model_config, "layer_num_attention_heads", None) is not None:
+        # structurally pruned: build the per-block widths before the weights load
+        model, info = sized_class(arch.model_cls, arch.layout).from_pretrained(
+            name_or_path, output_loading_info=True, **model_kwargs
+        )
+        model.__class__ = arch.model_cls
     else:
         model, info = arch.model_cls.from_pretrained(
             name_or_path, output_loading_info=True, **model_kwargs

@@ -23,6 +23,9 @@ PRUNER_CONFIG_NAME = "pruner_config.json"  # also listed in `checkpoint.formats`
 SCOPES = ("global", "layerwise")
 FEATURE_LAYERS = ("encoder", "all")
 CONTROLS = ("shuffle", "invert", "magnitude_inside")
+STRUCTURES = ("mlp", "heads", "heads+mlp")
+GROUP_METHODS = ("afr", "snip", "refer", "fisher", "magnitude", "random")
+"""The criteria that score whole heads and MLP units (`hf_afr.structure.scores`)."""
 
 
 @dataclass
@@ -155,6 +158,26 @@ class PrunerConfig:
             "'magnitude_inside' (the criterion's kept count per tensor, chosen by |w|)."
         },
     )
+    structure: str | None = field(
+        default=None,
+        metadata={
+            "help": "Structured pruning: None (individual weights), 'mlp' (MLP hidden units), "
+            "'heads' (attention heads) or 'heads+mlp'. Removes whole groups so that `sparsity` of "
+            "the prunable weights go, leaving a smaller dense model of the same class; methods "
+            f"{', '.join(GROUP_METHODS)}. See docs/structured.md."
+        },
+    )
+    min_units: int = field(
+        default=1,
+        metadata={"help": "Structured pruning: MLP hidden units every block keeps at least."},
+    )
+    round_to: int = field(
+        default=1,
+        metadata={
+            "help": "Structured pruning: round each block's kept MLP units to a multiple of "
+            "this (e.g. 8 or 64 for hardware-friendly shapes)."
+        },
+    )
     seed: int = field(
         default=42,
         metadata={
@@ -202,12 +225,40 @@ class PrunerConfig:
                 f"`min_density` must be in [0, 1 - sparsity] = [0, {1.0 - self.sparsity:.4g}], "
                 f"got {self.min_density}: no allocation could keep that much of every tensor."
             )
+        self._check_structure()
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, [value])
             elif value is not None and not all(isinstance(v, str) for v in value):
                 raise ValueError(f"`{name}` must be a list of strings, got {value!r}.")
+
+    def _check_structure(self) -> None:
+        for name in ("min_units", "round_to"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        if self.structure is None:
+            return
+        _check_choice("structure", self.structure, STRUCTURES)
+        if self.method not in GROUP_METHODS:
+            raise ValueError(
+                f"structure={self.structure!r} scores whole heads/units with one of "
+                f"{', '.join(GROUP_METHODS)}; got method={self.method!r}."
+            )
+        clashes = {
+            "pattern": self.pattern is not None,
+            "control": self.control is not None,
+            "scope": self.scope != "global",
+            "min_density": self.min_density != 0.0,
+        }
+        for name, clash in clashes.items():
+            if clash:
+                raise ValueError(
+                    f"`{name}` applies to individual weights and cannot be combined with "
+                    f"structure={self.structure!r}; leave it at its default (prune the smaller "
+                    "model again with a second AFRPruner for weights inside what remains)."
+                )
 
     def _resolve_pattern_and_sparsity(self) -> None:
         if self.pattern is None:

@@ -29,6 +29,13 @@ from .criteria import get_criterion
 from .hub import push_to_hub
 from .masks import apply_masks, check_scores
 from .report import SparsityReport
+from .structure.prune import prune_structure
+from .structure.report import (
+    StructureReport,
+    is_structured,
+    structure_card_section,
+    structure_report,
+)
 from .targets import find_prunable_parameters
 
 logger = logging.get_logger(__name__)
@@ -136,22 +143,26 @@ class AFRPruner:
             `dict[str, Tensor]`: float32 scores keyed by `model.named_parameters()` names.
         """
         criterion = get_criterion(self.config.method)
-        if criterion.needs_data:
-            if batches is None:
-                raise ValueError(
-                    f"Method {self.config.method!r} needs scoring batches; pass `batches`."
-                )
-            batches = itertools.islice(batches, self.config.num_batches)
-            batches = logging.tqdm(
-                batches,
-                total=self.config.num_batches,
-                desc=f"Scoring ({self.config.method})",
-                disable=not show_progress,
-                unit="batch",
-            )
+        batches = self._scoring_batches(batches, criterion.needs_data, show_progress)
         scores = criterion.score(self.model, batches, self.params, self.config)
         check_scores(scores, self.params)
         return scores
+
+    def _scoring_batches(self, batches, needs_data: bool, show_progress: bool):
+        """The first `config.num_batches` batches behind a progress bar (None if not needed)."""
+        if not needs_data:
+            return batches
+        if batches is None:
+            raise ValueError(
+                f"Method {self.config.method!r} needs scoring batches; pass `batches`."
+            )
+        return logging.tqdm(
+            itertools.islice(batches, self.config.num_batches),
+            total=self.config.num_batches,
+            desc=f"Scoring ({self.config.method})",
+            disable=not show_progress,
+            unit="batch",
+        )
 
     def prune(
         self, batches: Iterable[Mapping[str, Any]] | None = None, show_progress: bool = True
@@ -160,7 +171,14 @@ class AFRPruner:
 
         The masks keep the highest scores (`hf_afr.masks.select_masks`), changed by
         `config.control` when a sanity-check control is set (`hf_afr.controls`).
+
+        With `config.structure` set, whole heads and/or MLP units are removed instead
+        (`hf_afr.structure`): `self.model` becomes a smaller dense model of the same class, its
+        config records the widths per block, and no masks are returned (an empty dict). Prune
+        individual weights of what remains with a second `AFRPruner(pruner.model, ...)`.
         """
+        if self.config.structure is not None:
+            return self._prune_structure(batches, show_progress)
         scores = self.compute_scores(batches, show_progress=show_progress)
         self.set_masks(controlled_masks(scores, self.params, self.config))
         report = self.sparsity_report()
@@ -175,6 +193,26 @@ class AFRPruner:
             )
         return self.masks
 
+    def _prune_structure(self, batches, show_progress: bool) -> dict[str, torch.Tensor]:
+        if is_structured(self.model.config):
+            raise ValueError(
+                "This model was already pruned structurally; load the dense checkpoint to prune "
+                "it again, or prune individual weights with a config without `structure`."
+            )
+        needs_data = self.config.method not in ("magnitude", "random")
+        batches = self._scoring_batches(batches, needs_data, show_progress)
+        total = sum(p.numel() for p in self.params.values())
+        prune_structure(self.model, batches, self.config, total)
+        self.params = find_prunable_parameters(self.model, self.config)
+        self.masks = {}
+        logger.info(f"Structured pruning ({self.config.structure}):\n{self.sparsity_report()}")
+        return self.masks
+
+    @property
+    def is_pruned(self) -> bool:
+        """Whether the model has masks or was pruned structurally (smaller widths)."""
+        return bool(self.masks) or is_structured(self.model.config)
+
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """Install masks (True = kept) for the prunable parameters and apply them."""
         missing = set(masks) ^ set(self.params)
@@ -188,8 +226,11 @@ class AFRPruner:
             name: masks[name].to(self.params[name].device, torch.bool) for name in self.params
         }
 
-    def sparsity_report(self) -> SparsityReport:
-        """Global and per-tensor sparsity of the current masks."""
+    def sparsity_report(self) -> SparsityReport | StructureReport:
+        """Global and per-tensor sparsity of the current masks; for a structurally pruned model
+        without masks, its `StructureReport` (heads and units per block, parameters, MACs)."""
+        if not self.masks and is_structured(self.model.config):
+            return structure_report(self.model.config)
         if not self.masks:
             raise ValueError("The model has not been pruned yet: call `prune(batches)` first.")
         return SparsityReport.from_masks(self.masks)
@@ -252,6 +293,9 @@ class AFRPruner:
         """
         kwargs.setdefault("base_model", self.base_model)
         kwargs["tags"] = [self.model.config.model_type, *(kwargs.get("tags") or [])]
+        if is_structured(self.model.config):
+            report = structure_report(self.model.config)
+            kwargs.setdefault("structure", structure_card_section(report, self.config.structure))
         return create_model_card(
             self.config, self.masks, checkpoint_format=checkpoint_format, **kwargs
         )

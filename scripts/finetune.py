@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         dataset[split] = undecoded(dataset[split], data_args.image_column_name)
 
     # Step 3: score and prune (unless the masks are reused).
-    if not pruner.masks:
+    if not pruner.is_pruned:
         batch_size = data_args.scoring_batch_size or training_args.per_device_train_batch_size
         score_and_prune(
             pruner,
@@ -126,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         processing_class=image_processor,
         data_collator=collate_fn,
         compute_metrics=accuracy_metric_fn(metric),
-        callbacks=[PruningMaskCallback.from_pruner(pruner)],
+        # a structurally pruned model without masks is a plain smaller dense model
+        callbacks=[PruningMaskCallback.from_pruner(pruner)] if pruner.masks else [],
     )
     metrics = {}
     if training_args.do_train:
@@ -142,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         metrics.update(eval_metrics)
 
     # Step 5: check the sparsity, save and push.
-    MaskEnforcer(pruner.model, pruner.masks).verify()
+    if pruner.masks:
+        MaskEnforcer(pruner.model, pruner.masks).verify()
     sparsity_metrics = {
         "mask_sparsity": pruner.sparsity_report().sparsity,
         "weight_sparsity": weight_sparsity_report(pruner).sparsity,

@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     transform = ImageTransform(
         image_processor, data_args.image_column_name, data_args.label_column_name
     )
-    if not pruner.masks:
+    if not pruner.is_pruned:
         train = undecoded(dataset["train"], data_args.image_column_name)
         batch_size = data_args.scoring_batch_size or DEFAULT_SCORING_BATCH_SIZE
         show_progress = state.is_main_process and not run_args.disable_tqdm

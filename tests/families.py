@@ -51,7 +51,7 @@ def tiny_config(model_type: str, num_labels: int = 3, **overrides):
             num_heads=[2, 2],
             window_size=4,
         )
-        return T.SwinConfig(**swin, **labels, **overrides)
+        return T.SwinConfig(**{**swin, **overrides}, **labels)
     config_cls, kwargs = {
         "vit": (T.ViTConfig, _VIT),
         "vit_msn": (T.ViTMSNConfig, _VIT),

@@ -19,7 +19,8 @@ from transformers import (
 )
 
 from hf_afr import shrink
-from hf_afr.inference.blocks import attention_layout, mlp_activation
+from hf_afr.architectures import get_architecture
+from hf_afr.structure.slicing import get_submodule, transformer_layers
 
 SMALL = dict(
     image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
@@ -43,18 +44,18 @@ def carve(model: nn.Module) -> None:
                 module.weight.mul_(10)
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
-        for module in model.modules():
-            layout = attention_layout(module)
-            if layout is not None:
-                q, k = getattr(module, layout.query), getattr(module, layout.key)
-                v, o = getattr(module, layout.value), getattr(module, layout.output)
-                k.weight[:3] = 0
-                q.weight[3:6] = 0
-                q.bias[3:5] = 0
-                v.weight[16:] = 0  # the second head
-                v.weight[0] = 0
-                o.weight[:, 1] = 0
-            elif mlp_activation(module) is not None:
+        layout = get_architecture(model).layout
+        for block in transformer_layers(model, layout).values():
+            paths = (layout.query, layout.key, layout.value, layout.output)
+            q, k, v, o = (get_submodule(block, path) for path in paths)
+            k.weight[:3] = 0
+            q.weight[3:6] = 0
+            q.bias[3:5] = 0
+            v.weight[v.out_features // 2 :] = 0  # the second head
+            v.weight[0] = 0
+            o.weight[:, 1] = 0
+        for module in model.modules():  # every MLP, SigLIP's pooling head's too
+            if isinstance(getattr(module, "fc1", None), nn.Linear):
                 module.fc1.weight[:10] = 0
                 module.fc2.weight[:, 5:15] = 0
 

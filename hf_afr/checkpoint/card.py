@@ -104,6 +104,7 @@ def create_model_card(
     weights_size: int | None = None,
     has_image_processor: bool = False,
     training: Mapping[str, Any] | None = None,
+    structure: str | None = None,
 ) -> ModelCard:
     """Render the model card of a pruned checkpoint.
 
@@ -129,17 +130,19 @@ def create_model_card(
             processor; only then does the card show `pipeline(...)` as the way to load it.
         training (`dict`, *optional*): fine-tuning settings to list in the card (name -> value,
             e.g. `{"epochs": 8, "learning rate": 0.001}`).
+        structure (`str`, *optional*): markdown about a structurally pruned model
+            (`hf_afr.structure.report.structure_card_section`); masks are then optional.
 
     Returns:
         `huggingface_hub.ModelCard`
     """
     check_format(checkpoint_format)
-    if not masks:
+    if not masks and structure is None:
         raise ValueError("The model card describes a pruned model: prune it (or load masks) first.")
     hub_base_model = base_model if base_model and _is_hub_id(base_model) else None
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or []) or None
     model_name = model_name or (repo_id.split("/")[-1] if repo_id else "pruned-model")
-    report = SparsityReport.from_masks(dict(masks))
+    report = SparsityReport.from_masks(dict(masks)) if masks else None
     method = pruner_config.method
     title, description = METHODS.get(method, (method, ""))
     eval_results = _eval_results(accuracy, eval_dataset or (datasets or [None])[0], eval_split)
@@ -171,7 +174,8 @@ def create_model_card(
         load_id=repo_id or model_name,
         base_model=base_model,
         base_model_url=f"https://huggingface.co/{hub_base_model}" if hub_base_model else None,
-        sparsity=report.sparsity,
+        sparsity=report.sparsity if report else None,
+        structure_section=structure,
         method_title=title,
         method_description=description,
         control=pruner_config.control,
@@ -184,8 +188,8 @@ def create_model_card(
         reproduce_command=command,
         reproduce_language=language_tag,
         density_plot=DENSITY_PLOT_NAME,
-        sparsity_table=report.to_markdown(),
-        fully_pruned=report.fully_pruned,
+        sparsity_table=report.to_markdown() if report else "",
+        fully_pruned=report.fully_pruned if report else [],
         has_image_processor=has_image_processor,
         training_lines=[f"{key}: {value}" for key, value in (training or {}).items()],
         eval_lines=[
@@ -246,7 +250,8 @@ def save_model_card(
     existing = existing if existing is not None else path
     if os.path.isfile(existing):
         card = merge_model_cards(ModelCard.load(existing, ignore_metadata_errors=True), card)
-    plot_density(masks, os.path.join(save_directory, DENSITY_PLOT_NAME))
+    if masks:
+        plot_density(masks, os.path.join(save_directory, DENSITY_PLOT_NAME))
     atomic_write_text(path, str(card))
     return path
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import PrunerConfig
 from ..files import staged_directory
+from ..structure.report import is_structured, structure_card_section, structure_report
 from .card import create_model_card, save_model_card
 from .compact import save_compact_checkpoint
 from .formats import (
@@ -84,8 +85,12 @@ def save_pruned_checkpoint(
         pruner_config.save_pretrained(staging)
         if image_processor is not None:
             image_processor.save_pretrained(staging)
-        if model_card and masks:
+        structured = is_structured(model.config)
+        if model_card and (masks or structured):
             kwargs = dict(card_kwargs or {})
+            if structured:
+                report = structure_report(model.config)
+                kwargs["structure"] = structure_card_section(report, pruner_config.structure)
             if not kwargs.get("repo_id"):
                 kwargs.setdefault("model_name", os.path.basename(os.path.abspath(save_directory)))
             if os.path.isfile(os.path.join(staging, weights)):

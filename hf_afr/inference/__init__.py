@@ -1,6 +1,5 @@
 """Inference of pruned models: exact structural shrinking and per-layer sparse kernels."""
 
-from .blocks import ATTENTION_LAYOUTS, AttentionLayout
 from .config import SparseInferenceConfig
 from .convert import to_sparse_inference
 from .guard import InferenceOnlyError, is_inference_only
@@ -9,8 +8,6 @@ from .report import BlockShrink, InferenceReport, LayerChoice, ShrinkReport
 from .shrink import shrink, shrinkable
 
 __all__ = [
-    "ATTENTION_LAYOUTS",
-    "AttentionLayout",
     "BlockShrink",
     "InferenceOnlyError",
     "InferenceReport",

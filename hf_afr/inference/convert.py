@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .blocks import close, default_atol
+from .checks import close, default_atol
 from .config import SparseInferenceConfig
 from .guard import check_masks, mark_inference_only
 from .kernels import (

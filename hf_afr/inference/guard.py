@@ -63,3 +63,16 @@ def check_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
                 f"{name} has nonzero weights where its mask prunes; apply the masks first "
                 "(hf_afr.apply_masks) or load the checkpoint the masks were saved with."
             )
+
+
+_SHRUNK_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def shrunk_class(cls: type, mixin: type) -> type:
+    """`Shrunk<cls>`: a subclass of `cls` (isinstance checks still hold) with `mixin` first."""
+    if issubclass(cls, mixin):
+        return cls
+    key = (cls, mixin)
+    if key not in _SHRUNK_CLASSES:
+        _SHRUNK_CLASSES[key] = type(f"Shrunk{cls.__name__}", (mixin, cls), {"__module__": __name__})
+    return _SHRUNK_CLASSES[key]

@@ -29,19 +29,19 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .blocks import (
+from ..architectures import get_architecture
+from ..structure.slicing import transformer_layers
+from .attention import (
+    AttentionNames,
     ShrunkAttentionMixin,
-    ShrunkMLPMixin,
     attention_geometry,
-    attention_layout,
-    close,
+    attention_names,
     looks_like_attention,
-    mlp_activation,
-    probe_input,
     reference_attention,
-    shrunk_class,
 )
-from .guard import check_masks, mark_inference_only
+from .checks import close, probe_input
+from .guard import check_masks, mark_inference_only, shrunk_class
+from .mlp import ShrunkMLPMixin, mlp_activation
 from .report import BlockShrink, ShrinkReport
 
 logger = logging.get_logger(__name__)
@@ -166,9 +166,10 @@ def _rebuild_attention(module, layout, qk_index, v_index, folded) -> None:
 
 
 @torch.no_grad()
-def shrink_attention(module: nn.Module, name: str = "") -> BlockShrink | None:
-    """Apply rules 2-4 to a registered attention module in place; None if nothing is removable."""
-    layout = attention_layout(module)
+def shrink_attention(
+    module: nn.Module, layout: AttentionNames, name: str = ""
+) -> BlockShrink | None:
+    """Apply rules 2-4 to a plain attention module in place; None if nothing is removable."""
     heads, qk, v = attention_geometry(module, layout)
     qk_keep, v_keep, folded = _attention_masks(module, layout, heads, qk, v)
     kept = [h for h in range(heads) if bool(v_keep[h].any())]
@@ -202,53 +203,62 @@ def shrink_attention(module: nn.Module, name: str = "") -> BlockShrink | None:
     )  # fmt: skip
 
 
-def _block_kind(module: nn.Module) -> str | None:
-    if attention_layout(module) is not None:
-        return "attention"
-    if mlp_activation(module) is not None:
-        return "mlp"
-    return None
+def _attention_modules(model: nn.Module) -> dict[str, AttentionNames | None]:
+    """`{name: names}` of the attention modules of the model's family layout (None: not plain)."""
+    try:
+        layout = get_architecture(model).layout
+    except ValueError:
+        return {}
+    names = attention_names(layout)
+    return {
+        f"{block}.{layout.attention}".lstrip("."): names
+        for block in transformer_layers(model, layout)
+    }
 
 
-def _run_block(module: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
-    return module(x)[0] if kind == "attention" else module(x)
+def _run_block(module: nn.Module, names: AttentionNames | None, x: torch.Tensor) -> torch.Tensor:
+    return module(x)[0] if names is not None else module(x)
 
 
-def _reference(module: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
-    if kind == "attention":
-        return reference_attention(module, attention_layout(module), x)
+def _reference(module: nn.Module, names: AttentionNames | None, x: torch.Tensor) -> torch.Tensor:
+    if names is not None:
+        return reference_attention(module, names, x)
     return module.fc2(mlp_activation(module)(module.fc1(x)))
 
 
-def _projections(module: nn.Module, kind: str) -> tuple[nn.Linear, ...]:
-    if kind == "mlp":
+def _projections(module: nn.Module, names: AttentionNames | None) -> tuple[nn.Linear, ...]:
+    if names is None:
         return module.fc1, module.fc2
-    return _projections_of(module, attention_layout(module))
+    return _projections_of(module, names)
 
 
-def _unchanged(module: nn.Module, name: str, kind: str) -> BlockShrink:
-    if kind == "mlp":
-        size, units = f"{module.fc1.out_features} units", module.fc1.out_features
+def _unchanged(module: nn.Module, name: str, names: AttentionNames | None) -> BlockShrink:
+    if names is None:
+        kind, size, units = "mlp", f"{module.fc1.out_features} units", module.fc1.out_features
     else:
-        heads, qk, v = attention_geometry(module, attention_layout(module))
-        size, units = f"{heads}x({qk}, {v})", heads * (qk + v)
-    macs = _macs(*_projections(module, kind))
+        heads, qk, v = attention_geometry(module, names)
+        kind, size, units = "attention", f"{heads}x({qk}, {v})", heads * (qk + v)
+    macs = _macs(*_projections(module, names))
     return BlockShrink(name, kind, size, size, "nothing", macs, macs, units, units)
 
 
 @torch.no_grad()
-def _shrink_block(module: nn.Module, name: str, kind: str, atol: float | None) -> BlockShrink | str:
-    """Shrink one block after checking its layout on a probe; a string says why it was skipped."""
-    first = _projections(module, kind)[0]
+def _shrink_block(
+    module: nn.Module, name: str, names: AttentionNames | None, atol: float | None
+) -> BlockShrink | str:
+    """Shrink one block (an attention if `names` is given, else an MLP) after checking it on a
+    probe; a string says why it was skipped."""
+    first = _projections(module, names)[0]
     x = probe_input(first.in_features, first.weight.dtype, first.weight.device)
-    expected = _run_block(module, kind, x)
-    if not close(_reference(module, kind, x), expected, atol):
+    expected = _run_block(module, names, x)
+    if not close(_reference(module, names, x), expected, atol):
+        kind = "mlp" if names is None else "attention"
         return f"its output differs from plain {kind} computed from its projections (unsupported layout)"
     saved = (module.__class__, dict(module._modules), dict(module.__dict__))
-    result = shrink_attention(module, name) if kind == "attention" else shrink_mlp(module, name)
+    result = shrink_mlp(module, name) if names is None else shrink_attention(module, names, name)
     if result is None:
-        return _unchanged(module, name, kind)
-    if not close(_run_block(module, kind, x), expected, atol):
+        return _unchanged(module, name, names)
+    if not close(_run_block(module, names, x), expected, atol):
         module.__class__ = saved[0]
         module.__dict__.clear()
         module.__dict__.update(saved[2])
@@ -293,18 +303,21 @@ def shrink(
         check_masks(model, masks)
     model.eval()
     report = ShrinkReport()
+    attention = _attention_modules(model)
     for name, module in list(model.named_modules()):
-        kind = _block_kind(module)
-        if kind is None:
-            if looks_like_attention(module):
-                report.skipped[name] = (
-                    f"{type(module).__name__} is not a registered attention layout "
-                    "(hf_afr.inference.blocks.ATTENTION_LAYOUTS)"
-                )
+        names = attention.get(name)
+        unplain = name in attention and names is None
+        if unplain or (name not in attention and looks_like_attention(module)):
+            report.skipped[name] = (
+                f"{type(module).__name__} is not a registered attention layout (plain "
+                "multi-head attention of a family in hf_afr.architectures without per-head tables)"
+            )
+            continue
+        if names is None and mlp_activation(module) is None:
             continue
         if filter_fn is not None and not filter_fn(module, name):
             continue
-        result = _shrink_block(module, name, kind, atol)
+        result = _shrink_block(module, name, names, atol)
         if isinstance(result, str):
             report.skipped[name] = result
         else:

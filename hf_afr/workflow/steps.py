@@ -19,6 +19,7 @@ from ..criteria import get_criterion
 from ..distributed import broadcast_masks
 from ..pruner import AFRPruner
 from ..report import SparsityReport
+from ..structure.report import StructureReport
 from .arguments import ModelArguments
 from .data import hub_or_offline
 from .transforms import ImageTransform, scoring_dataloader
@@ -122,7 +123,7 @@ def load_pruner(
         resumed = _with(pruner, PrunerConfig.from_pretrained(resume_checkpoint))
         resumed.set_masks(load_masks(os.path.join(resume_checkpoint, MASKS_NAME)))
         return resumed
-    if pruner.masks:
+    if pruner.is_pruned:
         if pruner.config != _with(pruner, pruner_config).config:  # "auto" features resolved
             logger.warning(
                 f"{model_args.model_name_or_path} is already pruned ({pruner.config.method}, "
@@ -192,13 +193,22 @@ def score_and_prune(
     elif config.method == "synflow":
         logger.info(f"Scoring with 'synflow' (no data, {config.synflow_iterations} rounds).")
     pruner.prune(loader, show_progress=show_progress)
-    pruner.set_masks(broadcast_masks(pruner.masks))
+    if pruner.masks:  # structured pruning leaves none: every process chose the same groups
+        pruner.set_masks(broadcast_masks(pruner.masks))
     return pruner.masks
 
 
 def describe_masks(pruner: AFRPruner) -> str:
     """One line: what was pruned, how much, and any fully pruned tensor."""
     report = pruner.sparsity_report()
+    if isinstance(report, StructureReport):
+        return (
+            f"Removed {report.sparsity:.2%} of the prunable weights as whole heads/units with "
+            f"{pruner.config.method!r}: heads per block {report.heads_after}, MLP units per block "
+            f"{report.units_after}; parameters {report.params_after:,} of "
+            f"{report.params_before:,}, MACs per image {report.macs_after:,} of "
+            f"{report.macs_before:,}."
+        )
     line = (
         f"Pruned {report.sparsity:.2%} of {report.numel:,} weights in {len(report.tensors)} "
         f"tensors with {pruner.config.method!r}"

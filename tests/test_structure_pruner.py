@@ -1,0 +1,128 @@
+"""Structured pruning end to end: budget, config, a smaller trainable model, save and reload."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from families import tiny_batches, tiny_classifier
+
+from hf_afr import AFRPruner, PrunerConfig
+from hf_afr.structure.budget import select_groups
+from hf_afr.structure.groups import BlockGroups
+from hf_afr.structure.report import count_macs, structure_report
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def two_blocks(heads=4, head_dim=8, units=64, hidden=32):
+    params = {}
+    return [BlockGroups(f"b{i}", heads, head_dim, units, hidden, params) for i in range(2)]
+
+
+def test_each_kind_loses_the_same_fraction_of_its_weights_lowest_scores_first():
+    groups = two_blocks()  # a head owns 4*8*32 = 1024 weights, a unit 64
+    total = 2 * (4 * 1024 + 64 * 64)  # 16384: half in heads, half in units
+    scores = {
+        "heads": {"b0": torch.tensor([4.0, 3, 2, 1]), "b1": torch.tensor([8.0, 7, 6, 5])},
+        "units": {"b0": torch.arange(64.0), "b1": torch.arange(64.0) + 0.5},
+    }
+    plan = select_groups(groups, scores, "heads+mlp", 0.25, total)
+    # 4096 weights: 2048 from heads (the two lowest heads, both in b0), 2048 from units (32)
+    assert plan.heads == {"b0": [0, 1], "b1": [0, 1, 2, 3]}
+    assert plan.units["b0"] == list(range(16, 64)) and plan.units["b1"] == list(range(16, 64))
+    mlp_only = select_groups(groups, scores, "mlp", 0.25, total)
+    assert mlp_only.heads["b0"] == [0, 1, 2, 3]
+    assert sum(64 - len(k) for k in mlp_only.units.values()) == 64  # 4096 / 64
+
+
+def test_floors_round_to_and_an_unreachable_budget():
+    groups = two_blocks()
+    total = 2 * (4 * 1024 + 64 * 64)
+    scores = {
+        "heads": {"b0": torch.tensor([1.0, 2, 3, 4]), "b1": torch.tensor([5.0, 6, 7, 8])},
+        "units": {"b0": torch.arange(64.0), "b1": torch.arange(64.0) + 100},
+    }
+    plan = select_groups(groups, scores, "heads", 0.35, total)  # 5734 weights: 6 heads of 1024
+    assert [len(k) for k in plan.heads.values()] == [1, 1]  # 3 from each block: the floor
+    plan = select_groups(groups, scores, "heads+mlp", 0.5, total, min_units=40, round_to=16)
+    # units can give only 2 * 24 * 64 = 3072 of their 4096 above the floor of 40: the rest goes
+    # to a fifth head; 40 kept units round half up to 48, the best-scored ones
+    assert [len(k) for k in plan.heads.values()] == [1, 2]
+    assert plan.units["b0"] == list(range(16, 64)) and plan.units["b1"] == list(range(16, 64))
+    with pytest.raises(ValueError, match="at most 37.5%"):
+        select_groups(groups, scores, "heads", 0.4, total)
+
+
+def test_structure_options_are_validated():
+    assert PrunerConfig(structure="heads+mlp", min_units=8, round_to=8).round_to == 8
+    with pytest.raises(ValueError, match="`structure` must be one of"):
+        PrunerConfig(structure="channels")
+    with pytest.raises(ValueError, match="with one of afr, snip"):
+        PrunerConfig(structure="mlp", method="synflow")
+    with pytest.raises(ValueError, match="`pattern` applies to individual weights"):
+        PrunerConfig(structure="mlp", pattern="2:4")
+    with pytest.raises(ValueError, match="`min_units` must be an integer >= 1"):
+        PrunerConfig(min_units=0)
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(pixel_values=x).logits
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_prune_leaves_a_smaller_trainable_model_that_saves_and_reloads(family, tmp_path):
+    model = tiny_classifier(family, **({} if family == "swin" else {"num_attention_heads": 4}))
+    dense_params = sum(p.numel() for p in model.parameters())
+    dense_macs = count_macs(model)
+    config = PrunerConfig(method="afr", structure="heads+mlp", sparsity=0.5, num_batches=2)
+    pruner = AFRPruner(model, config)
+    assert pruner.prune(tiny_batches()) == {}
+    assert type(pruner.model) is type(model)
+    report = pruner.sparsity_report()
+    assert abs(report.sparsity - 0.5) < 0.05
+    assert report.params_after == sum(p.numel() for p in model.parameters()) < dense_params
+    assert report.params_before == dense_params
+    assert report.macs_before == dense_macs and report.macs_after == count_macs(model)
+    assert report.macs_after < 0.75 * dense_macs
+    assert model.config.layer_num_attention_heads == report.heads_after
+    assert all(n >= 1 for n in report.heads_after + report.units_after)
+    # trainable: a step changes the sliced weights
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = tiny_batches(n_batches=1)[0]
+    before = [p.detach().clone() for p in model.parameters()]
+    model(**batch).loss.backward()
+    optimizer.step()
+    assert all(
+        not torch.equal(a, p) for a, p in zip(before, model.parameters()) if p.grad is not None
+    )
+    model.eval()
+    pruner.save_pretrained(tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "pruner_config.json").read_text())
+    assert saved["structure"] == "heads+mlp" and saved["min_units"] == 1
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Structure" in card and "structurally pruned" in card and "MACs per image" in card
+    reloaded = AFRPruner.from_pretrained(tmp_path / "out")
+    assert type(reloaded.model) is type(model) and reloaded.config.structure == "heads+mlp"
+    x = tiny_batches(n_batches=1, seed=5)[0]["pixel_values"]
+    torch.testing.assert_close(logits(reloaded.model, x), logits(model, x))
+    assert str(reloaded.sparsity_report()) == str(report)
+
+
+def test_individual_weights_of_what_remains_are_pruned_by_a_second_pruner(tmp_path):
+    model = tiny_classifier("vit", num_attention_heads=4)
+    AFRPruner(model, PrunerConfig(method="snip", structure="mlp", sparsity=0.3)).prune(
+        tiny_batches()
+    )
+    second = AFRPruner(model, PrunerConfig(method="snip", sparsity=0.5))
+    masks = second.prune(tiny_batches())
+    assert masks["vit.layers.0.mlp.fc1.weight"].shape[0] == model.config.layer_intermediate_sizes[0]
+    assert abs(second.sparsity_report().sparsity - 0.5) < 1e-3
+    second.save_pretrained(tmp_path / "both")
+    again = AFRPruner.from_pretrained(tmp_path / "both")
+    assert again.masks.keys() == masks.keys()
+    assert "## Structure" in (tmp_path / "both" / "README.md").read_text()
+    assert structure_report(again.model.config).heads_after == [4, 4]

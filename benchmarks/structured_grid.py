@@ -244,12 +244,12 @@ def run_job(job: dict) -> dict:
     return result
 
 
-# Runs are planned phase by phase: a grid stopped early holds the goal's comparisons first.
+# Within a seed, the goal's comparisons come first: a grid stopped early holds them.
 PHASES = (("dense", "afr", "magnitude", "snip"), (UNSTRUCTURED, "refer", "random"))
 
 
 def plan(args) -> list[dict]:
-    """The runs, phase by phase, then seed by seed and task by task (a grid stopped early holds
+    """The runs, seed by seed, then phase by phase and task by task (a grid stopped early holds
     whole paired cells)."""
     base = {
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
@@ -258,9 +258,9 @@ def plan(args) -> list[dict]:
         "latency_rounds": args.latency_rounds, "bisection_steps": args.bisection_steps,
     }  # fmt: skip
     jobs = []
-    for phase in PHASES:
-        methods = [m for m in phase if m in args.methods]
-        for seed in args.seeds:
+    for seed in args.seeds:
+        for phase in PHASES:
+            methods = [m for m in phase if m in args.methods]
             for task in args.tasks:
                 if "dense" in methods:
                     jobs.append(

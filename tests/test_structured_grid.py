@@ -35,11 +35,13 @@ def test_plan_orders_whole_paired_cells_seed_by_seed(capsys):
     jobs = grid.plan(args)
     # 3 tasks x 3 seeds x (dense + 3 sparsities x 6 methods)
     assert len(jobs) == 3 * 3 * (1 + 3 * 6) == 171
-    # The goal's comparisons (afr, magnitude, snip) first, each phase seed by seed.
-    phase = [j["method"] in ("dense", "afr", "magnitude", "snip") for j in jobs]
-    assert phase == sorted(phase, reverse=True) and sum(phase) == 9 * (1 + 3 * 3)
-    first = [j["seed"] for j in jobs if j["method"] in ("dense", "afr", "magnitude", "snip")]
-    assert first == sorted(first)
+    # Seed by seed; within a seed the goal's comparisons (afr, magnitude, snip) first.
+    assert [j["seed"] for j in jobs] == sorted(j["seed"] for j in jobs)
+    for seed in (0, 1, 2):
+        phase = [
+            j["method"] in ("dense", "afr", "magnitude", "snip") for j in jobs if j["seed"] == seed
+        ]
+        assert phase == sorted(phase, reverse=True) and sum(phase) == 3 * (1 + 3 * 3)
     keys = {(j["task"], j["seed"], j["method"], j["sparsity"]) for j in jobs}
     assert len(keys) == len(jobs)
     assert ("cyrillic", 2, "afr_unstructured", 0.7) in keys and ("digits", 0, "dense", 0) in keys

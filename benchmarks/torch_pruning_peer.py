@@ -1,28 +1,25 @@
 """Torch-Pruning side by side with hf_afr's structured pruning, on transformers 5 ViTs.
 
-Torch-Pruning (`pip install torch-pruning`; not a dependency of hf_afr) ships a Hugging Face
-ViT recipe, `examples/transformers/prune_hf_vit.py`. This script:
+Torch-Pruning (`pip install torch-pruning`; not an hf_afr dependency) ships a Hugging Face ViT
+recipe, `examples/transformers/prune_hf_vit.py`. This script:
 
-1. imports what the recipe imports from transformers (`ViTSelfAttention`, `ViTSelfOutput`) and
-   prints the error transformers 5 gives (its ViT attention is one `ViTAttention` with
-   `q_proj`/`k_proj`/`v_proj`/`o_proj`);
-2. runs the recipe's pruning calls with only those names ported to transformers 5
-   (`ViTAttention.q_proj/k_proj/v_proj` grouped by head, `num_attention_heads` and `head_dim`
-   set after pruning), on a ViT-B/16-shaped `ViTForImageClassification` with random weights at
-   50%: the recipe as published (`--pruning_type l1`, uniform: every channel group, the hidden
-   size included, loses 50%, within-head dims pruned) and the configuration that matches
-   hf_afr's `structure="heads+mlp"` (whole heads and MLP units, hidden size kept,
-   `prune_num_heads=True`, `head_pruning_ratio=0.5`), with group-L2 magnitude and Taylor
-   importance. Next to them, hf_afr's structured `afr` and `magnitude` at sparsity 0.5: encoder
-   Linear weights kept, parameters and multiply-adds (both counted by Torch-Pruning's
-   `count_ops_and_params`), the speed-up over the dense model (side by side, fastest call),
-   whether the pruned model computes exactly what the dense model computes with the removed
-   heads and units zeroed, and whether `save_pretrained` -> `from_pretrained` reloads it;
-3. (`--accuracy`) fine-tunes each heads+mlp variant of the embedded tiny ViT on the digits task
-   with the recipe and seeds of `benchmarks/structured_grid.py` and reports the accuracies.
+1. imports what the recipe imports (`ViTSelfAttention`, `ViTSelfOutput`) and prints the error
+   of transformers 5 (whose ViT attention is one `ViTAttention` with `q_proj`...`o_proj`);
+2. runs the recipe's pruning calls with only those names ported (`q_proj/k_proj/v_proj` grouped
+   by head; `num_attention_heads`, `head_dim` set after pruning) on a ViT-B/16-shaped model with
+   random weights at 50%: the recipe as published (`l1`, uniform: every channel group, hidden
+   size included, loses 50%) and the configuration of hf_afr's `structure="heads+mlp"` (whole
+   heads and MLP units, hidden size kept) with group-L2 magnitude and Taylor importance; next
+   to hf_afr's structured `afr` and `magnitude`: weights, parameters and MACs (all counted by
+   Torch-Pruning), speed-up over dense (side by side), whether the model computes exactly what
+   the dense one does with the removed heads and units zeroed, and whether
+   `save_pretrained` -> `from_pretrained` reloads it;
+3. (`--accuracy`) fine-tunes the Torch-Pruning heads+mlp variants of the embedded tiny ViT on
+   digits with the recipe, heads and seeds of `benchmarks/structured_grid.py`, next to the
+   grid's own runs of the same cells.
 
-    python benchmarks/torch_pruning_peer.py                 # steps 1-2 (a few minutes)
-    python benchmarks/torch_pruning_peer.py --accuracy      # and step 3 (3 seeds x 5 variants)
+    python benchmarks/torch_pruning_peer.py                 # steps 1-2 (minutes)
+    python benchmarks/torch_pruning_peer.py --accuracy --skip_size --variants tp-l2 tp-taylor
     python benchmarks/torch_pruning_peer.py --recipe_error  # step 1 only: the import error
 
 Writes `torch_pruning_peer.{json,md}` to `--output_dir` (default `benchmarks/results/`).
@@ -49,10 +46,7 @@ VARIANTS = ("tp-recipe-l1", "tp-l2", "tp-taylor", "hf_afr-afr", "hf_afr-magnitud
 def recipe_import_error() -> str | None:
     """The error of the recipe's transformers import, None if it imports."""
     try:
-        from transformers.models.vit.modeling_vit import (  # noqa: F401
-            ViTSelfAttention,
-            ViTSelfOutput,
-        )
+        from transformers.models.vit.modeling_vit import ViTSelfAttention, ViTSelfOutput  # noqa
     except ImportError as error:
         return f"{type(error).__name__}: {error}"
     return None
@@ -187,10 +181,6 @@ def reload_status(model) -> str:
     return "reloads"
 
 
-def encoder_linear_weights(model) -> int:
-    return structured_grid.encoder_linear_weights(model)
-
-
 def size_and_speed(args) -> dict:
     """Step 2 on a ViT-B/16-shaped model with random weights."""
     import torch_pruning as tp
@@ -208,7 +198,7 @@ def size_and_speed(args) -> dict:
     ]
     example = batches[0]["pixel_values"][:1]
     dense_macs, dense_params = tp.utils.count_ops_and_params(dense, example)
-    dense_linear = encoder_linear_weights(dense)
+    dense_linear = structured_grid.encoder_linear_weights(dense)
     models, rows = {"dense": dense}, {}
     for variant in args.variants:
         start = time.perf_counter()
@@ -221,7 +211,7 @@ def size_and_speed(args) -> dict:
         macs, params = tp.utils.count_ops_and_params(model, example)
         rows[variant] = {
             "pruning_seconds": seconds,
-            "linear_weights_kept": encoder_linear_weights(model) / dense_linear,
+            "linear_weights_kept": structured_grid.encoder_linear_weights(model) / dense_linear,
             "params_kept": params / dense_params,
             "macs_kept": macs / dense_macs,
             "params_M": params / 1e6,
@@ -257,14 +247,16 @@ def accuracy_runs(args) -> list[dict]:
         for variant in [v for v in args.variants if v != "tp-recipe-l1"]:
             job = {
                 "model": args.model, "task": "digits", "seed": seed, "train_limit": None,
-                "num_batches": args.num_batches, "scoring_batch_size": 32,
+                "num_batches": 4, "scoring_batch_size": 32,  # the structured grid's
             }  # fmt: skip
             data = structured_grid.task_data("digits", None)
             batches = replicate.scoring_batches(data, job)
             dense = structured_grid._load(job, "random", 0.5).model  # the seed's new head
             start = time.perf_counter()
             model = prune_variant(dense, batches, variant, args.ratio)
-            kept = encoder_linear_weights(model) / encoder_linear_weights(dense)
+            kept = structured_grid.encoder_linear_weights(
+                model
+            ) / structured_grid.encoder_linear_weights(dense)
             replicate.fine_tune(model, data, seed, args.epochs, 64, 1e-3, None)
             runs.append(
                 {"variant": variant, "seed": seed, "linear_weights_kept": kept,
@@ -272,7 +264,20 @@ def accuracy_runs(args) -> list[dict]:
                  "seconds": time.perf_counter() - start}
             )  # fmt: skip
             print(f"digits seed {seed} {variant}: {100 * runs[-1]['accuracy']:.1f}%", flush=True)
-    return runs
+    return runs + grid_runs(args)
+
+
+def grid_runs(args) -> list[dict]:
+    """The structured grid's digits runs of the same seeds, sparsity and recipe (the same head,
+    scoring batches and fine-tuning as `accuracy_runs`), where it has them."""
+    done, _ = structured_grid.finished_runs(Path(args.output_dir))
+    return [
+        {"variant": f"hf_afr-{r['method']} (grid)", "seed": r["seed"], "accuracy": r["accuracy"],
+         "linear_weights_kept": r["linear_weights_kept"]}
+        for r in done
+        if r["task"] == "digits" and r["sparsity"] == args.ratio and r["seed"] in args.seeds
+        and r["epochs"] == args.epochs and r["method"] in ("afr", "magnitude", "snip")
+    ]  # fmt: skip
 
 
 def tables(result: dict) -> str:
@@ -373,13 +378,16 @@ def main(argv=None) -> dict:
         },
         "recipe_import_error": error,
     }
+    out = Path(args.output_dir)
+    earlier = out / "torch_pruning_peer.json"
     if not args.skip_size:
         result["size"] = size_and_speed(args)
+    elif earlier.exists():  # keep the size step of an earlier invocation
+        result["size"] = json.loads(earlier.read_text()).get("size")
     if args.accuracy:
         result["accuracy"] = accuracy_runs(args)
     from hf_afr.files import atomic_write_text
 
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "torch_pruning_peer.json", json.dumps(result, indent=1, default=float))
     text = tables(result)

@@ -38,7 +38,8 @@ def accuracy_tables(runs: list[dict]) -> list[str]:
         ]
         dense = [100 * r["accuracy"] for r in rows if r["method"] == "dense"]
         if dense:
-            lines.append("| dense | " + " | ".join([_mean_std(dense)] * len(sparsities)) + " |")
+            cell = f"{_mean_std(dense)} (n={len(dense)})"
+            lines.append("| dense | " + " | ".join([cell] * len(sparsities)) + " |")
         for method in _methods(rows):
             cells = []
             for s in sparsities:

@@ -90,3 +90,27 @@ def test_grid_resumes_and_counts_paired_wins(tmp_path, capsys):
     saved = json.loads((out / "structured_grid.json").read_text())
     assert saved["meta"]["planned"] == 28 and saved["meta"]["runs"] == 21
     assert "**Partial**: 7 planned runs are missing" in (out / "structured_grid.md").read_text()
+
+
+def test_toy_grid_prunes_structurally_and_matches_unstructured_latency(tmp_path):
+    from helpers import tiny_vit
+    from transformers import ViTImageProcessor
+
+    grid = load("structured_grid")
+    model_dir = tmp_path / "model"
+    tiny_vit(num_labels=3).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    methods = ["dense", "afr", "magnitude", "afr_unstructured"]
+    argv = ["--preset", "toy", "--workers", "1", "--model", str(model_dir), "--methods", *methods]
+    runs = {r["method"]: r for r in grid.main([*argv, "--output_dir", str(tmp_path / "out")])}
+    assert set(runs) == set(methods)
+    for method in ("afr", "magnitude"):  # half the encoder Linear weights gone, >= 1 head kept
+        r = runs[method]
+        assert abs(r["linear_weights_kept"] - 0.5) < 0.05
+        assert len(r["heads"]) == 2 and all(1 <= h <= 2 for h in r["heads"])
+        assert len(r["mlp_units"]) == 2 and r["parameters"] < runs["dense"]["parameters"]
+    unstructured = runs["afr_unstructured"]
+    assert 0.5 <= unstructured["unstructured_sparsity"] <= grid.MAX_UNSTRUCTURED
+    assert abs(unstructured["sparsity_measured"] - unstructured["unstructured_sparsity"]) < 1e-3
+    assert len(unstructured["match"]["steps"]) == 2
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in runs.values())

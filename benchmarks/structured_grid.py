@@ -16,14 +16,11 @@ fine-tuning recipe as `replicate.py` (paired runs):
   The masked model is then fine-tuned as in `replicate.py` (masks kept by `enforce_masks`).
 - `dense`, once per (task, seed).
 
-Every run also records the measured speed-up of its pruned model over the dense one (before
-fine-tuning; speed does not depend on the weights' values), the kept heads and MLP units per
-layer and the fraction of encoder Linear weights kept.
+Each run records its model's speed-up over dense (before fine-tuning), kept widths and MACs.
 
     python benchmarks/structured_grid.py                 # 3 tasks x 3 seeds x 30/50/70%: 171 runs
     python benchmarks/structured_grid.py --tasks digits  # one task
     python benchmarks/structured_grid.py --resume        # only the runs not done yet
-    python benchmarks/structured_grid.py --dry_run       # list the runs, run nothing
     python benchmarks/structured_grid.py --preset toy    # digits, seed 0, 50%, tiny data: seconds
 
 Each finished run is appended to `structured_grid.partial.jsonl` in `--output_dir` (default
@@ -68,9 +65,7 @@ JOB_FIELDS = (
 def task_data(task: str, train_limit: int | None) -> dict:
     """`replicate.load_task`, optionally cut to the first `train_limit` train and test images."""
     data = replicate.load_task(task)
-    if train_limit is None:
-        return data
-    return {k: v[:train_limit] if k != "names" else v for k, v in data.items()}
+    return data if train_limit is None else {k: v[:train_limit] for k, v in data.items()}
 
 
 def _forward(model, pixel_values: torch.Tensor):
@@ -92,7 +87,6 @@ def speedups(models: dict[str, torch.nn.Module], pixel_values: torch.Tensor, rou
 
 
 def encoder_linear_weights(model: torch.nn.Module) -> int:
-    """Number of weights of the Linear layers inside the encoder blocks."""
     from hf_afr.architectures import encoder_blocks
 
     return sum(
@@ -249,8 +243,7 @@ PHASES = (("dense", "afr", "magnitude", "snip"), (UNSTRUCTURED, "refer", "random
 
 
 def plan(args) -> list[dict]:
-    """The runs, seed by seed, then phase by phase and task by task (a grid stopped early holds
-    whole paired cells)."""
+    """The runs: seed by seed, phase by phase, task by task (an early stop keeps whole cells)."""
     base = {
         "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "num_batches": args.num_batches, "scoring_batch_size": args.scoring_batch_size,
@@ -296,7 +289,7 @@ def parse_args(argv=None):
     p.add_argument("--bisection_steps", type=int, default=6, help="latency-matching steps")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
-    p.add_argument("--resume", action="store_true", help="run only the runs not done yet")
+    p.add_argument("--resume", action="store_true", help="only the runs not done yet")
     p.add_argument("--dry_run", action="store_true", help="list the runs; run nothing")
     p.add_argument("--tabulate_only", action="store_true", help="tables from the saved runs")
     args = p.parse_args(argv)
@@ -342,8 +335,11 @@ def main(argv=None, run=run_job) -> list[dict]:
     out = Path(args.output_dir)
     jobs = plan(args)
     if args.tabulate_only:  # the runs done so far (of a finished or interrupted grid)
-        results, earlier_wall = finished_runs(out)
-        return save(results, jobs, args, out, {"wall_seconds": earlier_wall or 0, "resumed": 0})
+        results, _ = finished_runs(out)
+        saved = out / f"{NAME}.json"
+        meta = json.loads(saved.read_text())["meta"] if saved.exists() else {}
+        keys = ("wall_seconds", "wall_seconds_earlier", "resumed")
+        return save(results, jobs, args, out, {k: meta.get(k) for k in keys})
     if args.dry_run:
         for job in jobs:
             print(f"{job['task']} seed {job['seed']} {job['method']} {job['sparsity']:.0%}")

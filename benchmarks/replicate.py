@@ -173,6 +173,20 @@ def shrink_statistics(model) -> dict:
     }
 
 
+def scoring_batches(data: dict, job: dict) -> list[dict[str, torch.Tensor]]:
+    """The scoring batches of a (task, seed): every method of the seed sees the same images."""
+    generator = torch.Generator().manual_seed(10_000 + job["seed"])
+    idx = torch.randperm(len(data["ytr"]), generator=generator)
+    bs = job["scoring_batch_size"]
+    return [
+        {
+            "pixel_values": data["xtr"][idx[i * bs : (i + 1) * bs]],
+            "labels": data["ytr"][idx[i * bs : (i + 1) * bs]],
+        }
+        for i in range(job["num_batches"])
+    ]
+
+
 def run_job(job: dict) -> dict:
     """Prune (unless dense), fine-tune and evaluate one (task, seed, method, control, sparsity)."""
     from transformers.utils import logging
@@ -201,16 +215,7 @@ def run_job(job: dict) -> dict:
     result = dict(job)
     masks = None
     if method != "dense":
-        generator = torch.Generator().manual_seed(10_000 + job["seed"])
-        idx = torch.randperm(len(data["ytr"]), generator=generator)
-        bs = job["scoring_batch_size"]
-        batches = [
-            {
-                "pixel_values": data["xtr"][idx[i * bs : (i + 1) * bs]],
-                "labels": data["ytr"][idx[i * bs : (i + 1) * bs]],
-            }
-            for i in range(job["num_batches"])
-        ]
+        batches = scoring_batches(data, job)
         t0 = time.perf_counter()
         # What `AFRPruner.prune` does, with the scores kept for their statistics.
         scores = pruner.compute_scores(batches, show_progress=False)

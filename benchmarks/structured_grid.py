@@ -1,0 +1,400 @@
+"""Structured pruning before fine-tuning: which criterion keeps the most accuracy?
+
+Whole attention heads and MLP hidden units are removed (`PrunerConfig(structure="heads+mlp")`),
+so the pruned model is a smaller dense model. On the offline proxy of `benchmarks/replicate.py`
+(the embedded glyph-pretrained tiny ViT, `hf_afr.DEFAULT_MODEL`) and its tasks, the grid
+compares, per (task, seed, sparsity), with the same scoring batches, classifier head and
+fine-tuning recipe as `replicate.py` (paired runs):
+
+- structured `afr`, `snip`, `refer`, `magnitude` (group L2 norm) and `random`;
+- `afr_unstructured`: unstructured AFR masks, exactly shrunk (`hf_afr.inference.shrink`), at
+  the sparsity whose shrunk model is as fast as the structured AFR model. In the same process,
+  the structured AFR model and the shrunk candidates are timed side by side against the dense
+  model (batch `--latency_batch`, one thread, fastest-call ratios of
+  `hf_afr.inference.timing.time_side_by_side`); the unstructured sparsity is bisected (in
+  log(1 - sparsity), between the structured sparsity and 99.5%) until the speed-ups match.
+  The masked model is then fine-tuned as in `replicate.py` (masks kept by `enforce_masks`).
+- `dense`, once per (task, seed).
+
+Each run records its model's speed-up over dense (before fine-tuning), kept widths and MACs.
+
+    python benchmarks/structured_grid.py                 # 3 tasks x 3 seeds x 30/50/70%: 171 runs
+    python benchmarks/structured_grid.py --tasks digits  # one task
+    python benchmarks/structured_grid.py --resume        # only the runs not done yet
+    python benchmarks/structured_grid.py --preset toy    # digits, seed 0, 50%, tiny data: seconds
+
+Each finished run is appended to `structured_grid.partial.jsonl` in `--output_dir` (default
+`benchmarks/results/`); `--resume` keeps the runs done there or in `structured_grid.json`. The
+tables (`structured_grid_report.py`) go to `structured_grid.md`; `--tabulate_only` rewrites them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import replicate  # noqa: E402
+import structured_grid_report  # noqa: E402
+
+STRUCTURED = ("afr", "snip", "refer", "magnitude", "random")
+UNSTRUCTURED = "afr_unstructured"
+METHODS = ("dense", *STRUCTURED, UNSTRUCTURED)
+TASKS = ("digits", "typefaces", "cyrillic")
+STRUCTURE = "heads+mlp"
+MAX_UNSTRUCTURED = 0.995  # the densest-shrinking unstructured sparsity tried
+NAME = "structured_grid"
+# What identifies a run (a result holds these fields and its measurements).
+JOB_FIELDS = (
+    "epochs", "batch_size", "lr", "num_batches", "scoring_batch_size", "train_limit", "task",
+    "seed", "method", "sparsity",
+)  # fmt: skip
+
+
+@functools.cache
+def task_data(task: str, train_limit: int | None) -> dict:
+    """`replicate.load_task`, optionally cut to the first `train_limit` train and test images."""
+    data = replicate.load_task(task)
+    return data if train_limit is None else {k: v[:train_limit] for k, v in data.items()}
+
+
+def _forward(model, pixel_values: torch.Tensor):
+    with torch.inference_mode():
+        return model(pixel_values=pixel_values).logits
+
+
+def speedups(models: dict[str, torch.nn.Module], pixel_values: torch.Tensor, rounds: int) -> dict:
+    """Fastest-call speed-up of each model over `models["dense"]`, timed side by side."""
+    from hf_afr.inference.timing import time_side_by_side
+
+    for model in models.values():
+        model.eval()
+    calls = {k: functools.partial(_forward, m, pixel_values) for k, m in models.items()}
+    timings = time_side_by_side(calls, baseline="dense", rounds=rounds, min_time=0.02)
+    return {k: t.best_speedup for k, t in timings.items()} | {
+        f"{k}_seconds": t.seconds for k, t in timings.items()
+    }
+
+
+def encoder_linear_weights(model: torch.nn.Module) -> int:
+    from hf_afr.architectures import encoder_blocks
+
+    return sum(
+        m.weight.numel()
+        for block in encoder_blocks(model).values()
+        for m in block.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+
+
+def widths(model: torch.nn.Module) -> dict:
+    """Kept heads and MLP units per encoder block, as the pruned model's config records them."""
+    config = model.config
+    return {
+        "heads": list(getattr(config, "layer_num_attention_heads", None) or []),
+        "mlp_units": list(getattr(config, "layer_intermediate_sizes", None) or []),
+    }
+
+
+def _load(job: dict, method: str, sparsity: float):
+    """The pretrained model with the (task, seed)'s new head, in an unstructured pruner."""
+    from hf_afr import AFRPruner, PrunerConfig
+
+    data = task_data(job["task"], job["train_limit"])
+    torch.manual_seed(job["seed"])  # the same new head for every method of a (task, seed)
+    config = PrunerConfig(
+        method=method, sparsity=sparsity, num_batches=job["num_batches"], seed=job["seed"]
+    )
+    return AFRPruner.from_pretrained(job["model"], config, id2label=dict(enumerate(data["names"])))
+
+
+def _structured_model(job: dict, method: str, base: torch.nn.Module, batches) -> torch.nn.Module:
+    """`method` at the job's sparsity with whole heads and units removed (a smaller model)."""
+    from hf_afr import AFRPruner, PrunerConfig
+
+    config = PrunerConfig(
+        method=method,
+        sparsity=job["sparsity"],
+        num_batches=job["num_batches"],
+        seed=job["seed"],
+        structure=STRUCTURE,
+    )
+    pruner = AFRPruner(base, config)
+    pruner.prune(batches, show_progress=False)
+    return pruner.model
+
+
+def unstructured_masks(scores: dict, params: dict, config, sparsity: float) -> dict:
+    """The unstructured masks of `scores` at `sparsity` (as `AFRPruner.prune` selects them)."""
+    import dataclasses
+
+    from hf_afr.controls import controlled_masks
+
+    return controlled_masks(scores, params, dataclasses.replace(config, sparsity=sparsity))
+
+
+def match_latency(job: dict, base, scores: dict, config, batches, pixel_values) -> dict:
+    """The unstructured AFR sparsity whose shrunk model is as fast as structured AFR's model.
+
+    Bisects d = 1 - sparsity geometrically between 1 - job sparsity and 1 - MAX_UNSTRUCTURED;
+    each step times dense, structured and the shrunk candidate side by side. Returns the step
+    whose speed-up is closest to the structured model's, with every step.
+    """
+    from hf_afr.inference import shrink
+    from hf_afr.masks import apply_masks
+
+    structured = _structured_model(job, "afr", copy.deepcopy(base), batches)
+    lo, hi = 1.0 - job["sparsity"], 1.0 - MAX_UNSTRUCTURED  # densities: slower ... faster
+    best, steps = None, []
+    for _ in range(job["bisection_steps"]):
+        density = math.sqrt(lo * hi)
+        sparsity = round(1.0 - density, 5)
+        candidate = copy.deepcopy(base)
+        params = {name: candidate.get_parameter(name) for name in scores}
+        apply_masks(params, unstructured_masks(scores, params, config, sparsity))
+        report = shrink(candidate)
+        speed = speedups(
+            {"dense": base, "structured": structured, "unstructured": candidate},
+            pixel_values,
+            job["latency_rounds"],
+        )
+        gap = abs(math.log(speed["unstructured"] / speed["structured"]))
+        step = {"sparsity": sparsity, "macs_reduction": report.macs_reduction, **speed}
+        steps.append(step)
+        if best is None or gap < best[0]:
+            best = (gap, step)
+        if speed["unstructured"] < speed["structured"]:
+            lo = density  # too slow: sparser
+        else:
+            hi = density
+    return {"steps": steps, **best[1]}
+
+
+def run_job(job: dict) -> dict:
+    """Prune (unless dense), fine-tune and evaluate one (task, seed, method, sparsity)."""
+    from transformers.utils import logging
+
+    torch.set_num_threads(1)
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    start = time.perf_counter()
+    data = task_data(job["task"], job["train_limit"])
+    batches = replicate.scoring_batches(data, job)
+    pixel_values = data["xte"][: job["latency_batch"]]
+    method, result, masks = job["method"], dict(job), None
+    if method == "dense":
+        pruner = _load(job, "random", 0.5)
+        model = pruner.model
+        result["linear_weights_kept"] = 1.0
+    elif method == UNSTRUCTURED:
+        pruner = _load(job, "afr", job["sparsity"])
+        t0 = time.perf_counter()
+        base = copy.deepcopy(pruner.model)
+        scores = pruner.compute_scores(batches, show_progress=False)
+        match = match_latency(job, base, scores, pruner.config, batches, pixel_values)
+        del base
+        result["matching_seconds"] = time.perf_counter() - t0
+        result["match"] = match
+        result["unstructured_sparsity"] = match["sparsity"]
+        result["speedup"] = match["unstructured"]
+        result["structured_speedup"] = match["structured"]
+        result["linear_weights_kept"] = 1.0 - match["macs_reduction"]  # after shrinking
+        pruner.set_masks(
+            unstructured_masks(scores, pruner.params, pruner.config, match["sparsity"])
+        )
+        result["sparsity_measured"] = pruner.sparsity_report().sparsity
+        model = pruner.model
+        masks = replicate.drop_dead_mlp_units(model, pruner.masks)
+    else:
+        pruner = _load(job, method, job["sparsity"])
+        base = copy.deepcopy(pruner.model)
+        dense_weights = encoder_linear_weights(base)
+        t0 = time.perf_counter()
+        model = _structured_model(job, method, pruner.model, batches)
+        result["scoring_seconds"] = time.perf_counter() - t0
+        result["linear_weights_kept"] = encoder_linear_weights(model) / dense_weights
+        result.update(widths(model))
+        speed = speedups({"dense": base, "model": model}, pixel_values, job["latency_rounds"])
+        result["speedup"] = speed["model"]
+        del base
+    t0 = time.perf_counter()
+    replicate.fine_tune(
+        model, data, job["seed"], job["epochs"], job["batch_size"], job["lr"], masks
+    )
+    result["fine_tune_seconds"] = time.perf_counter() - t0
+    result["accuracy"] = replicate.accuracy(model, data)
+    result["parameters"] = sum(p.numel() for p in model.parameters())
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+# Within a seed, the goal's comparisons come first: a grid stopped early holds them.
+PHASES = (("dense", "afr", "magnitude", "snip"), (UNSTRUCTURED, "refer", "random"))
+
+
+def plan(args) -> list[dict]:
+    """The runs: seed by seed, phase by phase, task by task (an early stop keeps whole cells)."""
+    base = {
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "num_batches": args.num_batches, "scoring_batch_size": args.scoring_batch_size,
+        "train_limit": args.train_limit, "latency_batch": args.latency_batch,
+        "latency_rounds": args.latency_rounds, "bisection_steps": args.bisection_steps,
+    }  # fmt: skip
+    jobs = []
+    for seed in args.seeds:
+        for phase in PHASES:
+            methods = [m for m in phase if m in args.methods]
+            for task in args.tasks:
+                if "dense" in methods:
+                    jobs.append(
+                        {**base, "task": task, "seed": seed, "method": "dense", "sparsity": 0}
+                    )
+                for sparsity in args.sparsities:
+                    jobs += [
+                        {**base, "task": task, "seed": seed, "method": m, "sparsity": sparsity}
+                        for m in methods
+                        if m != "dense"
+                    ]
+    return jobs
+
+
+def parse_args(argv=None):
+    from hf_afr import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=("full", "toy"), default="full")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="pretrained ViT to prune")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--num_batches", type=int, default=4, help="scoring batches")
+    p.add_argument("--scoring_batch_size", type=int, default=32)
+    p.add_argument("--train_limit", type=int, default=None, help="first N train/test images")
+    p.add_argument("--latency_batch", type=int, default=64, help="images per timed call")
+    p.add_argument("--latency_rounds", type=int, default=5, help="side-by-side timing rounds")
+    p.add_argument("--bisection_steps", type=int, default=6, help="latency-matching steps")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--resume", action="store_true", help="only the runs not done yet")
+    p.add_argument("--dry_run", action="store_true", help="list the runs; run nothing")
+    p.add_argument("--tabulate_only", action="store_true", help="tables from the saved runs")
+    args = p.parse_args(argv)
+    if args.preset == "toy":
+        args.tasks, args.seeds, args.sparsities = ["digits"], [0], [0.5]
+        args.epochs, args.train_limit, args.num_batches = 1, 96, 1
+        args.scoring_batch_size, args.latency_batch = 16, 8
+        args.latency_rounds, args.bisection_steps = 1, 2
+    return args
+
+
+def _job_key(run: dict) -> str:
+    return json.dumps([run.get(k) for k in JOB_FIELDS])
+
+
+def finished_runs(out: Path) -> tuple[list[dict], float | None]:
+    """Runs done in `out` (the saved grid and the partial file of an interrupted one; a torn last
+    line is dropped) and the saved grid's wall time."""
+    runs, wall = {}, None
+    saved = out / f"{NAME}.json"
+    if saved.exists():
+        grid = json.loads(saved.read_text())
+        wall = grid["meta"].get("wall_seconds")
+        runs.update({_job_key(r): r for r in grid["runs"]})
+    partial = out / f"{NAME}.partial.jsonl"
+    for line in partial.read_text().splitlines() if partial.exists() else []:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        runs[_job_key(r)] = r
+    return list(runs.values()), wall
+
+
+def write_outputs(results: list[dict], meta: dict, out: Path) -> str:
+    table = structured_grid_report.report(results, meta)
+    (out / f"{NAME}.md").write_text(table)
+    return table
+
+
+def main(argv=None, run=run_job) -> list[dict]:
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    jobs = plan(args)
+    if args.tabulate_only:  # the runs done so far (of a finished or interrupted grid)
+        results, _ = finished_runs(out)
+        saved = out / f"{NAME}.json"
+        meta = json.loads(saved.read_text())["meta"] if saved.exists() else {}
+        keys = ("wall_seconds", "wall_seconds_earlier", "resumed")
+        return save(results, jobs, args, out, {k: meta.get(k) for k in keys})
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job['task']} seed {job['seed']} {job['method']} {job['sparsity']:.0%}")
+        print(f"{len(jobs)} runs")
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / f"{NAME}.partial.jsonl"
+    results, earlier_wall = finished_runs(out) if args.resume else ([], None)
+    if not args.resume:
+        partial.unlink(missing_ok=True)
+    done = {_job_key(r) for r in results}
+    todo = [job for job in jobs if _job_key(job) not in done]
+    print(f"{len(jobs)} runs on {args.workers} worker(s), {len(jobs) - len(todo)} done", flush=True)
+    start = time.perf_counter()
+    pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 1 and todo else None
+    try:
+        for r in pool.imap(run, todo) if pool else map(run, todo):
+            results.append(r)
+            with partial.open("a") as f:  # one line per finished run: --resume picks up here
+                f.write(json.dumps(r, default=float) + "\n")
+            print(
+                f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} {r['method']} "
+                f"{r['sparsity']:.0%}: {100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
+                flush=True,
+            )
+    finally:
+        if pool:
+            pool.terminate()
+    timing = {"wall_seconds": time.perf_counter() - start, "wall_seconds_earlier": earlier_wall}
+    return save(results, jobs, args, out, timing | {"resumed": len(jobs) - len(todo)})
+
+
+def save(results: list[dict], jobs: list[dict], args, out: Path, timing: dict) -> list[dict]:
+    """Write `structured_grid.json` and `.md` with the planned runs among `results`, in plan
+    order; the partial file is removed once every planned run is saved."""
+    from hf_afr.files import atomic_write_text
+
+    planned = {_job_key(job): i for i, job in enumerate(jobs)}
+    results = sorted(
+        (r for r in results if _job_key(r) in planned), key=lambda r: planned[_job_key(r)]
+    )
+    meta = {
+        "args": dict(vars(args)),
+        "torch": torch.__version__,
+        "runs": len(results),
+        "planned": len(jobs),
+        **timing,
+    }
+    text = json.dumps({"meta": meta, "runs": results}, indent=1, default=float)
+    atomic_write_text(out / f"{NAME}.json", text)
+    if len(results) == len(jobs):
+        (out / f"{NAME}.partial.jsonl").unlink(missing_ok=True)
+    print(write_outputs(results, meta, out))
+    return results
+
+
+if __name__ == "__main__":
+    main()

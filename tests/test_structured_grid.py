@@ -1,0 +1,116 @@
+"""The structured-pruning accuracy grid's plumbing: its plan, resuming, tables and goal count."""
+
+import json
+
+from test_benchmarks import load
+
+# Accuracy of each method per seed (one task, one sparsity): afr beats magnitude on seeds 0 and
+# 2 (2/3, the goal), snip only on seed 1 (1/3), ties random on seed 0 (a tie is not a win).
+ACCURACY = {
+    "dense": (0.9, 0.9, 0.9),
+    "afr": (0.80, 0.70, 0.60),
+    "magnitude": (0.75, 0.72, 0.50),
+    "snip": (0.85, 0.60, 0.65),
+    "refer": (0.70, 0.70, 0.70),
+    "random": (0.80, 0.50, 0.40),
+    "afr_unstructured": (0.90, 0.90, 0.90),
+}
+
+
+def fake_run(job):
+    """A run with fixed accuracies and made-up measurements (no model is touched)."""
+    result = {**job, "accuracy": ACCURACY[job["method"]][job["seed"]], "seconds": 0.0}
+    if job["method"] != "dense":
+        result |= {"speedup": 2.0, "linear_weights_kept": 0.5}
+    if job["method"] == "afr_unstructured":
+        result |= {"structured_speedup": 2.0, "unstructured_sparsity": 0.97}
+    elif job["method"] != "dense":
+        result |= {"heads": [2, 1], "mlp_units": [10, 20]}
+    return result
+
+
+def test_plan_orders_whole_paired_cells_seed_by_seed(capsys):
+    grid = load("structured_grid")
+    args = grid.parse_args([])
+    jobs = grid.plan(args)
+    # 3 tasks x 3 seeds x (dense + 3 sparsities x 6 methods)
+    assert len(jobs) == 3 * 3 * (1 + 3 * 6) == 171
+    # Seed by seed; within a seed the goal's comparisons (afr, magnitude, snip) first.
+    assert [j["seed"] for j in jobs] == sorted(j["seed"] for j in jobs)
+    for seed in (0, 1, 2):
+        phase = [
+            j["method"] in ("dense", "afr", "magnitude", "snip") for j in jobs if j["seed"] == seed
+        ]
+        assert phase == sorted(phase, reverse=True) and sum(phase) == 3 * (1 + 3 * 3)
+    keys = {(j["task"], j["seed"], j["method"], j["sparsity"]) for j in jobs}
+    assert len(keys) == len(jobs)
+    assert ("cyrillic", 2, "afr_unstructured", 0.7) in keys and ("digits", 0, "dense", 0) in keys
+    assert grid.main(["--dry_run", "--tasks", "digits", "--seeds", "0"]) == []
+    assert "19 runs" in capsys.readouterr().out
+
+
+def test_grid_resumes_and_counts_paired_wins(tmp_path, capsys):
+    grid = load("structured_grid")
+    out = tmp_path / "results"
+    argv = ["--tasks", "digits", "--sparsities", "0.5", "--workers", "1", "--output_dir", str(out)]
+    calls = []
+
+    def run(job):
+        calls.append(job["method"])
+        return fake_run(job)
+
+    first = grid.main(argv, run=run)
+    assert len(first) == len(calls) == 3 * 7
+    md = (out / "structured_grid.md").read_text()
+    assert "PARTIAL" not in md
+    assert "afr vs magnitude: 2/3 paired runs won (67%)" in md and "**met**" in md
+    assert "afr vs snip: 1/3 paired runs won (33%)" in md and "**not met**" in md
+    # mean of (0.80-0.75, 0.70-0.72, 0.60-0.50) in points = +4.3, wins 2/3
+    assert "| digits | magnitude (structured) | +4.3 (2/3) | +4.3 (2/3) |" in md
+    assert "| digits | random (structured) | +13.3 (2/3) |" in md  # the tie on seed 0 is no win
+    assert "2.00x, 50% MACs at 97.0% sparsity (structured afr 2.00x)" in md
+    assert "| afr | 50% | 2.0 / 1.0 | 10 / 20 |" in md
+    # Interrupted: results.json gone, two runs in the partial file, the last line torn.
+    (out / "structured_grid.json").unlink()
+    kept = [r for r in first if r["seed"] == 0 and r["method"] in ("dense", "afr")]
+    kept[1]["accuracy"] = 0.125  # marked, to see that it is not rerun
+    lines = [json.dumps(r) for r in kept] + ['{"task": "dig']
+    (out / "structured_grid.partial.jsonl").write_text("\n".join(lines))
+    calls.clear()
+    capsys.readouterr()
+    resumed = grid.main([*argv, "--resume"], run=run)
+    assert "21 runs on 1 worker(s), 2 done" in capsys.readouterr().out
+    assert len(calls) == 19 and len(resumed) == 21
+    assert [r["accuracy"] for r in resumed if r["method"] == "afr"][0] == 0.125
+    assert not (out / "structured_grid.partial.jsonl").exists()
+    # Tables of a grid that did not finish (seed 3 never ran): labelled partial, nothing run.
+    calls.clear()
+    tabulated = grid.main([*argv, "--seeds", "0", "1", "2", "3", "--tabulate_only"], run=run)
+    assert len(tabulated) == 21 and calls == []
+    saved = json.loads((out / "structured_grid.json").read_text())
+    assert saved["meta"]["planned"] == 28 and saved["meta"]["runs"] == 21
+    assert "**Partial**: 7 planned runs are missing" in (out / "structured_grid.md").read_text()
+
+
+def test_toy_grid_prunes_structurally_and_matches_unstructured_latency(tmp_path):
+    from helpers import tiny_vit
+    from transformers import ViTImageProcessor
+
+    grid = load("structured_grid")
+    model_dir = tmp_path / "model"
+    tiny_vit(num_labels=3).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    methods = ["dense", "afr", "magnitude", "afr_unstructured"]
+    argv = ["--preset", "toy", "--workers", "1", "--model", str(model_dir), "--methods", *methods]
+    runs = {r["method"]: r for r in grid.main([*argv, "--output_dir", str(tmp_path / "out")])}
+    assert set(runs) == set(methods)
+    for method in ("afr", "magnitude"):  # half the encoder Linear weights gone, >= 1 head kept
+        r = runs[method]
+        assert abs(r["linear_weights_kept"] - 0.5) < 0.05
+        assert len(r["heads"]) == 2 and all(1 <= h <= 2 for h in r["heads"])
+        assert len(r["mlp_units"]) == 2 and r["parameters"] < runs["dense"]["parameters"]
+    unstructured = runs["afr_unstructured"]
+    assert 0.5 <= unstructured["unstructured_sparsity"] <= grid.MAX_UNSTRUCTURED
+    assert abs(unstructured["sparsity_measured"] - unstructured["unstructured_sparsity"]) < 1e-3
+    assert len(unstructured["match"]["steps"]) == 2
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in runs.values())

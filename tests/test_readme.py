@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
+from transformers import AutoModelForImageClassification
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -37,3 +38,13 @@ def test_the_quick_start_runs_offline(tmp_path, monkeypatch):
     assert card.data.base_model is None and "afr" in card.data.tags  # a local base model
     predictions = classifier(scope["test"].with_format(None)[1]["image"])
     assert {p["label"] for p in predictions} <= set(scope["labels"])
+
+    # The structured section continues the quick start: a narrower model that loads narrow.
+    (block,) = section_python_blocks(README.read_text(), "## Structured pruning")
+    exec(compile(block, str(README), "exec"), scope)
+    small = scope["pruner"].model
+    assert scope["pruner"].sparsity_report().sparsity == pytest.approx(0.5, abs=0.02)
+    size = sum(p.numel() for p in small.parameters())
+    assert size < sum(p.numel() for p in pruner.model.parameters())
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "tiny-vit-afr-s50")
+    assert sum(p.numel() for p in loaded.parameters()) == size

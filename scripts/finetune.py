@@ -63,6 +63,7 @@ from hf_afr.workflow.steps import (
     score_and_prune,
     setup_logging,
     weight_sparsity_report,
+    with_measured_speed,
 )
 from hf_afr.workflow.teacher import trainer_with_teacher
 from hf_afr.workflow.transforms import ImageTransform, collate_fn, undecoded
@@ -180,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             else None,
             metrics.get("eval_accuracy"),
         )
+        card = with_measured_speed(card, pruner.model)
         fmt = model_args.checkpoint_format
         state = trainer.state if training_args.do_train else None
         files = results_files(results, state)

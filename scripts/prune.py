@@ -44,6 +44,7 @@ from hf_afr.workflow.steps import (
     load_pruner,
     score_and_prune,
     setup_logging,
+    with_measured_speed,
 )
 from hf_afr.workflow.transforms import ImageTransform, undecoded
 
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if state.is_main_process:
         print(report)
         card = card_details("prune.py", argv, data_args.dataset_name, model_args.model_name_or_path)
+        card = with_measured_speed(card, pruner.model)
         fmt = model_args.checkpoint_format
         text = json.dumps(results, indent=2, sort_keys=True) + "\n"
         files = {"pruning_results.json": text}  # saved with the model, in one save

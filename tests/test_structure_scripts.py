@@ -47,7 +47,9 @@ def test_prune_then_finetune_a_structurally_pruned_model(tiny_vit_dir, image_fol
     before, after = dict(small.named_parameters()), dict(tuned.model.named_parameters())
     assert all(before[n].shape == p.shape for n, p in after.items())
     assert any(not torch.equal(before[n], p) for n, p in after.items())  # it trained
-    assert "## Structure" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "## Structure" in card and "## Measured speed" in card
+    assert "the speed of the dense model" in (pruned / "README.md").read_text()
 
 
 def test_the_speed_benchmark_writes_its_table(tmp_path):

@@ -303,3 +303,18 @@ def card_details(
         datasets=dataset_name if hub_dataset else None,
         **evaluation,
     )
+
+
+def with_measured_speed(card: PrunedCardData, model: torch.nn.Module) -> PrunedCardData:
+    """`card` with a "Measured speed" section for a structurally pruned model (else `card`):
+    inference against the dense model of the same config, timed side by side on its device."""
+    from ..sharding import has_dtensor_parameters
+    from ..structure.report import is_structured
+    from ..structure.speed import measure_speedup
+
+    if not is_structured(model.config) or has_dtensor_parameters(model):
+        return card  # a sharded model's forward is a collective: no timing on one process
+    speed = measure_speedup(model)
+    logger.info(f"Structured model: {speed.speedup:.2f}x the dense model's inference speed.")
+    sections = {**card.extra_sections, "Measured speed": speed.to_markdown()}
+    return card.replace(extra_sections=sections)

@@ -184,6 +184,8 @@ def run_job(job: dict) -> dict:
     """Prune (unless dense), fine-tune and evaluate one (task, seed, method, sparsity)."""
     from transformers.utils import logging
 
+    from hf_afr.structure.prune import remove_dead_units
+
     torch.set_num_threads(1)
     logging.set_verbosity_error()
     logging.disable_progress_bar()
@@ -214,7 +216,7 @@ def run_job(job: dict) -> dict:
         )
         result["sparsity_measured"] = pruner.sparsity_report().sparsity
         model = pruner.model
-        masks = replicate.drop_dead_mlp_units(model, pruner.masks)
+        masks = remove_dead_units(model, pruner.masks)
     else:
         pruner = _load(job, method, job["sparsity"])
         base = copy.deepcopy(pruner.model)

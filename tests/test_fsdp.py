@@ -98,6 +98,7 @@ def _worker(rank: int, world_size: int, folder: str) -> None:
         train(model, without_enforcer, rank, world_size)  # revives: the check can fail
         revived = enforcer.violations(without_enforcer)
         torch.save((tied, masks, violations, revived), f"{folder}/rank{rank}.pt")
+        dist.barrier()  # no process tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_a_structured_model_is_timed_against_its_dense_shape():
-    pruner = AFRPruner(tiny_vit(), PrunerConfig(method="magnitude", structure="heads+mlp", sparsity=0.5))
+    pruner = AFRPruner(
+        tiny_vit(), PrunerConfig(method="magnitude", structure="heads+mlp", sparsity=0.5)
+    )
     pruner.prune()
     model = pruner.model.train()
     speed = measure_speedup(model, batch_size=2, rounds=2)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import CLASSES, load_script
+from conftest import CLASSES, REPO_ROOT, load_script
 from helpers import tiny_vit, tiny_vit_config
 from transformers import TrainingArguments, ViTForImageClassification
 
@@ -173,3 +176,20 @@ def test_bad_distillation_inputs_are_one_line_errors(
     args = distil_args(tiny_vit_dir, image_folder, tmp_path / "o", tmp_path, teacher, *extra)
     with pytest.raises(ValueError, match=error):
         finetune.main(args)
+
+
+@pytest.mark.slow
+def test_two_processes_distil_with_exact_masks(tiny_vit_dir, image_folder, tmp_path):
+    """DDP through torchrun: each process holds the teacher; the pruned weights stay zero."""
+    out, teacher = tmp_path / "out", teacher_dir(tmp_path, CLASSES)
+    args = distil_args(tiny_vit_dir, image_folder, out, tmp_path, teacher)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(REPO_ROOT / "scripts" / "finetune.py"), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "world size: 2" in result.stdout + result.stderr
+    masks = load_masks(out / MASKS_NAME)
+    trained = dict(ViTForImageClassification.from_pretrained(out).named_parameters())
+    assert all(torch.count_nonzero(trained[n].detach()[~m]) == 0 for n, m in masks.items())
+    assert json.loads((out / "all_results.json").read_text())["train_loss"] > 0

@@ -359,25 +359,28 @@ def _job_key(run: dict) -> str:
     return json.dumps([run[k] for k in JOB_FIELDS])
 
 
-def _finished_runs(out: Path) -> tuple[list[dict], float | None]:
-    """Runs already done in `out`: those of a finished grid (results.json) and those of an
-    interrupted one (results.partial.jsonl, one JSON object per line; a torn last line is
-    dropped, as its run did not finish). A run in both counts once. Also returns the finished
-    grid's wall time (None without results.json)."""
+def read_runs(saved: Path, partial: Path, key) -> tuple[list[dict], float | None]:
+    """Runs already done: those of a finished grid (`saved`, a JSON file with `runs` and
+    `meta`) and those of an interrupted one (`partial`, one JSON object per line; a torn last
+    line is dropped, as its run did not finish). A run in both counts once (by `key(run)`).
+    Also returns the finished grid's wall time (None without `saved`)."""
     runs, wall = {}, None
-    if (out / "results.json").exists():
-        saved = json.loads((out / "results.json").read_text())
-        wall = saved["meta"].get("wall_seconds")
-        for r in saved["runs"]:
-            runs[_job_key(r)] = r
-    partial = out / "results.partial.jsonl"
+    if saved.exists():
+        grid = json.loads(saved.read_text())
+        wall = grid["meta"].get("wall_seconds")
+        runs.update({key(r): r for r in grid["runs"]})
     for line in partial.read_text().splitlines() if partial.exists() else []:
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
-        runs[_job_key(r)] = r
+        runs[key(r)] = r
     return list(runs.values()), wall
+
+
+def _finished_runs(out: Path) -> tuple[list[dict], float | None]:
+    """Runs done in `out` (results.json and results.partial.jsonl) and the grid's wall time."""
+    return read_runs(out / "results.json", out / "results.partial.jsonl", _job_key)
 
 
 def main(argv=None) -> list[dict]:

@@ -310,20 +310,7 @@ def _job_key(run: dict) -> str:
 def finished_runs(out: Path) -> tuple[list[dict], float | None]:
     """Runs done in `out` (the saved grid and the partial file of an interrupted one; a torn last
     line is dropped) and the saved grid's wall time."""
-    runs, wall = {}, None
-    saved = out / f"{NAME}.json"
-    if saved.exists():
-        grid = json.loads(saved.read_text())
-        wall = grid["meta"].get("wall_seconds")
-        runs.update({_job_key(r): r for r in grid["runs"]})
-    partial = out / f"{NAME}.partial.jsonl"
-    for line in partial.read_text().splitlines() if partial.exists() else []:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        runs[_job_key(r)] = r
-    return list(runs.values()), wall
+    return replicate.read_runs(out / f"{NAME}.json", out / f"{NAME}.partial.jsonl", _job_key)
 
 
 def write_outputs(results: list[dict], meta: dict, out: Path) -> str:

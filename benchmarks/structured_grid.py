@@ -57,8 +57,9 @@ NAME = "structured_grid"
 # What identifies a run (a result holds these fields and its measurements).
 JOB_FIELDS = (
     "epochs", "batch_size", "lr", "num_batches", "scoring_batch_size", "train_limit", "task",
-    "seed", "method", "sparsity",
+    "seed", "method", "sparsity", "group_ranking",
 )  # fmt: skip
+DEFAULTS = {"group_ranking": "per_kind"}  # runs saved before a field existed had this value
 
 
 @functools.cache
@@ -128,6 +129,7 @@ def _structured_model(job: dict, method: str, base: torch.nn.Module, batches) ->
         num_batches=job["num_batches"],
         seed=job["seed"],
         structure=STRUCTURE,
+        group_ranking=job["group_ranking"],
     )
     pruner = AFRPruner(base, config)
     pruner.prune(batches, show_progress=False)
@@ -251,6 +253,7 @@ def plan(args) -> list[dict]:
         "num_batches": args.num_batches, "scoring_batch_size": args.scoring_batch_size,
         "train_limit": args.train_limit, "latency_batch": args.latency_batch,
         "latency_rounds": args.latency_rounds, "bisection_steps": args.bisection_steps,
+        "group_ranking": args.group_ranking,
     }  # fmt: skip
     jobs = []
     for seed in args.seeds:
@@ -289,6 +292,13 @@ def parse_args(argv=None):
     p.add_argument("--latency_batch", type=int, default=64, help="images per timed call")
     p.add_argument("--latency_rounds", type=int, default=5, help="side-by-side timing rounds")
     p.add_argument("--bisection_steps", type=int, default=6, help="latency-matching steps")
+    p.add_argument(
+        "--group_ranking",
+        default="per_kind",
+        choices=("per_kind", "per_layer", "pooled"),
+        help="PrunerConfig.group_ranking of the structured runs (results of a ranking other "
+        "than per_kind go to structured_grid-RANKING.*)",
+    )
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--resume", action="store_true", help="only the runs not done yet")
@@ -304,28 +314,34 @@ def parse_args(argv=None):
 
 
 def _job_key(run: dict) -> str:
-    return json.dumps([run.get(k) for k in JOB_FIELDS])
+    return json.dumps([run.get(k, DEFAULTS.get(k)) for k in JOB_FIELDS])
 
 
-def finished_runs(out: Path) -> tuple[list[dict], float | None]:
+def result_name(args) -> str:
+    """The stem of the result files: `structured_grid`, or `structured_grid-RANKING`."""
+    ranking = args.group_ranking
+    return NAME if ranking == DEFAULTS["group_ranking"] else f"{NAME}-{ranking}"
+
+
+def finished_runs(out: Path, name: str = NAME) -> tuple[list[dict], float | None]:
     """Runs done in `out` (the saved grid and the partial file of an interrupted one; a torn last
     line is dropped) and the saved grid's wall time."""
-    return replicate.read_runs(out / f"{NAME}.json", out / f"{NAME}.partial.jsonl", _job_key)
+    return replicate.read_runs(out / f"{name}.json", out / f"{name}.partial.jsonl", _job_key)
 
 
-def write_outputs(results: list[dict], meta: dict, out: Path) -> str:
+def write_outputs(results: list[dict], meta: dict, out: Path, name: str = NAME) -> str:
     table = structured_grid_report.report(results, meta)
-    (out / f"{NAME}.md").write_text(table)
+    (out / f"{name}.md").write_text(table)
     return table
 
 
 def main(argv=None, run=run_job) -> list[dict]:
     args = parse_args(argv)
-    out = Path(args.output_dir)
+    out, name = Path(args.output_dir), result_name(args)
     jobs = plan(args)
     if args.tabulate_only:  # the runs done so far (of a finished or interrupted grid)
-        results, _ = finished_runs(out)
-        saved = out / f"{NAME}.json"
+        results, _ = finished_runs(out, name)
+        saved = out / f"{name}.json"
         meta = json.loads(saved.read_text())["meta"] if saved.exists() else {}
         keys = ("wall_seconds", "wall_seconds_earlier", "resumed")
         return save(results, jobs, args, out, {k: meta.get(k) for k in keys})
@@ -335,8 +351,8 @@ def main(argv=None, run=run_job) -> list[dict]:
         print(f"{len(jobs)} runs")
         return []
     out.mkdir(parents=True, exist_ok=True)
-    partial = out / f"{NAME}.partial.jsonl"
-    results, earlier_wall = finished_runs(out) if args.resume else ([], None)
+    partial = out / f"{name}.partial.jsonl"
+    results, earlier_wall = finished_runs(out, name) if args.resume else ([], None)
     if not args.resume:
         partial.unlink(missing_ok=True)
     done = {_job_key(r) for r in results}
@@ -378,10 +394,11 @@ def save(results: list[dict], jobs: list[dict], args, out: Path, timing: dict) -
         **timing,
     }
     text = json.dumps({"meta": meta, "runs": results}, indent=1, default=float)
-    atomic_write_text(out / f"{NAME}.json", text)
+    name = result_name(args)
+    atomic_write_text(out / f"{name}.json", text)
     if len(results) == len(jobs):
-        (out / f"{NAME}.partial.jsonl").unlink(missing_ok=True)
-    print(write_outputs(results, meta, out))
+        (out / f"{name}.partial.jsonl").unlink(missing_ok=True)
+    print(write_outputs(results, meta, out, name))
     return results
 
 

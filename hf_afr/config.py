@@ -30,7 +30,7 @@ CONTROLS = {
     "of largest magnitude",
 }
 STRUCTURES = ("mlp", "heads", "heads+mlp")
-GROUP_RANKINGS = ("per_kind", "pooled")
+GROUP_RANKINGS = ("per_kind", "per_layer", "pooled")
 GROUP_METHODS = ("afr", "snip", "refer", "fisher", "magnitude", "random")
 """The criteria that score whole heads and MLP units (`hf_afr.structure.scores`)."""
 
@@ -185,9 +185,11 @@ class PrunerConfig:
     group_ranking: str = field(
         default="per_kind",
         metadata={
-            "help": "Structured pruning with 'heads+mlp': 'per_kind' ranks heads with heads and "
-            "units with units, each kind losing `sparsity` of its weights; 'pooled' ranks all "
-            "groups together by score per weight (AFR: z-scores over all groups)."
+            "help": "Structured pruning: 'per_kind' ranks heads with heads and units with "
+            "units across all blocks, each kind losing `sparsity` of its weights; 'per_layer' "
+            "also has every block lose that fraction of its heads and of its units (its "
+            "lowest-scored ones); 'pooled' ranks all groups together by score per weight. "
+            "AFR's z-scores are taken over the groups that compete."
         },
     )
     seed: int = field(

@@ -68,6 +68,18 @@ def test_structure_options_are_validated():
         PrunerConfig(min_units=0)
 
 
+def test_an_unreachable_budget_is_refused_before_any_scoring_batch_is_read():
+    model = tiny_classifier("vit", num_attention_heads=4)
+
+    def batches():
+        raise AssertionError("a scoring batch was read")
+        yield
+
+    pruner = AFRPruner(model, PrunerConfig(method="snip", sparsity=0.9, structure="heads"))
+    with pytest.raises(ValueError, match="structure='heads' can remove at most"):
+        pruner.prune(batches(), show_progress=False)
+
+
 def logits(model, x):
     with torch.no_grad():
         return model(pixel_values=x).logits
@@ -158,6 +170,27 @@ def test_a_shared_position_bias_table_allows_mlp_units_only():
         AFRPruner(model, PrunerConfig(method="random", structure="heads", sparsity=0.2)).prune()
     AFRPruner(model, PrunerConfig(method="random", structure="mlp", sparsity=0.3)).prune()
     assert model.config.layer_intermediate_sizes != [64, 64]
+
+
+def test_per_layer_ranking_takes_the_same_share_from_every_block():
+    groups = two_blocks()  # head: 1024 weights, unit: 64
+    total = 2 * (4 * 1024 + 64 * 64)
+    scores = {  # every head of b0 scores below every head of b1
+        "heads": {"b0": torch.tensor([4.0, 3, 2, 1]), "b1": torch.tensor([8.0, 7, 6, 5])},
+        "units": {"b0": torch.arange(64.0), "b1": torch.arange(64.0) - 100},
+    }
+    plan = select_groups(groups, scores, "heads+mlp", 0.25, total, ranking="per_layer")
+    # 2048 weights from heads: one head from each block (per_kind would take two from b0);
+    # 2048 from units: 16 from each block, its lowest
+    assert plan.heads == {"b0": [0, 1, 2], "b1": [0, 1, 2]}
+    assert plan.units == {"b0": list(range(16, 64)), "b1": list(range(16, 64))}
+    # 0.1625 * 16384 = 2662 weights from heads, 1331 per block: one head each (to the nearest
+    # head), and the remaining 614 (over half a head) from the lowest head left, in b0
+    plan = select_groups(groups, scores, "heads", 0.1625, total, ranking="per_layer")
+    assert plan.heads == {"b0": [0, 1], "b1": [0, 1, 2]}
+    # the floors hold: at most three heads from a block
+    plan = select_groups(groups, scores, "heads", 0.375, total, ranking="per_layer")
+    assert plan.heads == {"b0": [0], "b1": [0]}
 
 
 def test_pooled_ranking_removes_the_lowest_scores_of_either_kind():

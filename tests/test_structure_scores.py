@@ -100,6 +100,18 @@ def test_group_scores_of_each_method_follow_their_definitions():
         parts.append((flat - flat.mean()) / flat.std(unbiased=False))
     actual = torch.cat([pooled[k][n] for k in ("heads", "units") for n in names]).double()
     torch.testing.assert_close(actual, parts[0] + parts[1], rtol=1e-3, atol=1e-4)
+    per_layer = S.group_scores(
+        model, batches, PrunerConfig(method="afr", group_ranking="per_layer")
+    )
+    for kind in ("heads", "units"):
+        for n in names:  # z-scores over one kind's groups of one block
+            parts = []
+            for gates in (loss, refer):
+                flat = density(gates)[kind][n].double()
+                parts.append((flat - flat.mean()) / flat.std(unbiased=False))
+            torch.testing.assert_close(
+                per_layer[kind][n].double(), parts[0] + parts[1], rtol=1e-3, atol=1e-4
+            )
     # magnitude: the group's weights gathered by hand, per sqrt(weight)
     layer = model.vit.layers[1]
     head = 2

@@ -25,7 +25,7 @@ from .groups import BlockGroups, prunable_group_weights
 from .scores import GroupScores
 
 STRUCTURE_KINDS = {"mlp": ("units",), "heads": ("heads",), "heads+mlp": ("heads", "units")}
-RANKINGS = ("per_kind", "pooled")
+RANKINGS = ("per_kind", "per_layer", "pooled")
 
 
 @dataclass
@@ -63,6 +63,25 @@ def _kind_targets(
     return shares
 
 
+def check_budget(
+    groups: list[BlockGroups],
+    structure: str,
+    sparsity: float,
+    total_weights: int,
+    min_units: int = 1,
+) -> None:
+    """Raise a `ValueError` if the floors leave less than `sparsity * total_weights` weights that
+    `structure` can remove (known before any scoring)."""
+    most = sum(_removable(groups, kind, min_units) for kind in STRUCTURE_KINDS[structure])
+    if sparsity * total_weights > most:
+        raise ValueError(
+            f"structure={structure!r} can remove at most {most / total_weights:.1%} of the "
+            f"prunable weights with its floors (one head and min_units={min_units} units per "
+            f"block), but sparsity={sparsity} asks for more; lower `sparsity`"
+            + (" or use structure='heads+mlp'." if structure != "heads+mlp" else ".")
+        )
+
+
 def select_groups(
     groups: list[BlockGroups],
     scores: GroupScores,
@@ -84,30 +103,26 @@ def select_groups(
         min_units (`int`, defaults to 1): MLP units every block keeps at least.
         round_to (`int`, defaults to 1): kept units per block rounded to a multiple of this.
         ranking (`str`, defaults to `"per_kind"`): `"per_kind"` (each kind ranked on its own,
-            losing the same fraction of its weights) or `"pooled"` (one ranking of all groups
-            by their per-weight scores, the lowest removed until the budget is reached).
+            losing the same fraction of its weights), `"per_layer"` (as `"per_kind"`, and every
+            block loses that fraction too, to the nearest group; the remainder goes to the
+            lowest-scored groups left) or `"pooled"` (one ranking of all groups by their
+            per-weight scores, the lowest removed until the budget is reached).
 
     Raises:
         `ValueError`: a budget the structure cannot reach under the floors.
     """
     kinds = STRUCTURE_KINDS[structure]
     target = sparsity * total_weights
-    most = sum(_removable(groups, kind, min_units) for kind in kinds)
-    if target > most:
-        raise ValueError(
-            f"structure={structure!r} can remove at most {most / total_weights:.1%} of the "
-            f"prunable weights with its floors (one head and min_units={min_units} units per "
-            f"block), but sparsity={sparsity} asks for more; lower `sparsity`"
-            + (" or use structure='heads+mlp'." if structure != "heads+mlp" else ".")
-        )
+    check_budget(groups, structure, sparsity, total_weights, min_units)
     if ranking not in RANKINGS:
         raise ValueError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {ranking!r}.")
     if ranking == "pooled":
         removed = _remove_lowest(groups, scores, kinds, target, min_units)
     else:
         shares = _kind_targets(groups, kinds, target, min_units)
+        remove = _remove_per_layer if ranking == "per_layer" else _remove_lowest
         removed = set().union(
-            *(_remove_lowest(groups, scores, (k,), s, min_units) for k, s in shares.items())
+            *(remove(groups, scores, (k,), s, min_units) for k, s in shares.items())
         )
     plan = StructurePlan()
     by_name = {g.name: g for g in groups}
@@ -129,17 +144,22 @@ def _remove_lowest(
     kinds: tuple[str, ...],
     share: float,
     min_units: int,
+    already: frozenset[tuple[str, str, int]] = frozenset(),
 ) -> set[tuple[str, str, int]]:
     """`(kind, block, index)` of the lowest-scored groups of `kinds`, removed until `share`
-    weights are gone (to the nearest group)."""
+    weights are gone (to the nearest group), besides the groups `already` removed."""
     order = sorted(
         (float(s), kind, gi, i)
         for kind in kinds
         for gi, g in enumerate(groups)
         for i, s in enumerate(scores[kind][g.name].tolist())
+        if (kind, g.name, i) not in already
     )
     removed: set[tuple[str, str, int]] = set()
     left = {(kind, g.name): g.count(kind) for kind in kinds for g in groups}
+    for kind, name, _ in already:
+        if (kind, name) in left:
+            left[(kind, name)] -= 1
     done = 0.0
     for _, kind, gi, i in order:
         g = groups[gi]
@@ -152,6 +172,28 @@ def _remove_lowest(
         left[(kind, g.name)] -= 1
         done += cost
     return removed
+
+
+def _remove_per_layer(
+    groups: list[BlockGroups],
+    scores: GroupScores,
+    kinds: tuple[str, ...],
+    share: float,
+    min_units: int,
+) -> set[tuple[str, str, int]]:
+    """As `_remove_lowest` for one kind, but every block gives the same fraction of the weights
+    its groups of that kind own (its own lowest-scored groups, to the nearest group); what the
+    rounding leaves of `share` is then taken from the lowest-scored groups of any block."""
+    (kind,) = kinds
+    fraction = share / prunable_group_weights(groups, kinds)
+    removed: set[tuple[str, str, int]] = set()
+    for g in groups:
+        own = fraction * g.count(kind) * g.cost(kind)
+        removed |= _remove_lowest([g], scores, kinds, own, min_units)
+    done = sum(g.cost(kind) for g in groups for k, name, _ in removed if name == g.name)
+    return removed | _remove_lowest(
+        groups, scores, kinds, share - done, min_units, already=frozenset(removed)
+    )
 
 
 def _rounded(

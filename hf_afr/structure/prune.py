@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..config import PrunerConfig
-from .budget import StructurePlan, select_groups
+from .budget import StructurePlan, check_budget, select_groups
 from .groups import block_groups, model_layout
 from .report import HEADS_KEY, UNITS_KEY
 from .scores import group_scores
@@ -56,6 +56,7 @@ def prune_structure(
     """
     _check_shared_tables(model, config.structure)
     groups = block_groups(model)
+    check_budget(groups, config.structure, config.sparsity, total_weights, config.min_units)
     scores = group_scores(model, batches, config, groups)
     plan = select_groups(
         groups,

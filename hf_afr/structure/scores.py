@@ -15,8 +15,9 @@ objective R, and AFR takes both from one shared forward pass per batch.
 Ranking scores compare groups *within a kind* (heads with heads, units with units; see
 `budget.py`). Each is a score per weight the group owns (`|d/dc_g| / cost_g`), so that groups
 of different sizes (Swin's stages) compete fairly; AFR is `z(ReFer) + z(SNIP)` with z-scores
-taken over the groups of one kind. Also: `magnitude` (the group's weight L2 norm per
-sqrt(weight), Torch-Pruning's group-norm baseline), `random` (seeded), and `fisher`
+taken over the groups that compete (those of one kind; of one kind in one block with
+`group_ranking="per_layer"`; all of them with `"pooled"`). Also: `magnitude` (the group's weight
+L2 norm per sqrt(weight), Torch-Pruning's group-norm baseline), `random` (seeded), and `fisher`
 (sum over batches of `(dL_b/dc_g)^2`, the batch-level empirical Fisher of the gate).
 """
 
@@ -97,19 +98,25 @@ def _per_weight(scores: GroupScores, groups: list[BlockGroups], power: float = 1
     return _map(scores, lambda kind, name, s: s.abs() / float(cost[name].cost(kind)) ** power)
 
 
-def zscore_per_kind(scores: GroupScores, pooled: bool = False) -> GroupScores:
-    """Z-scores over all groups of each kind, or over all groups together if `pooled`
-    (population std; all-equal scores give zeros)."""
-    every = torch.cat([s.double() for per in scores.values() for s in per.values()])
+def _zscores(scores: torch.Tensor, over: torch.Tensor) -> torch.Tensor:
+    """`scores` standardised by the mean and population std of `over` (std 0: divided by 1)."""
+    mean, std = over.double().mean(), over.double().std(unbiased=False)
+    std = std if std > 0 else torch.ones_like(std)
+    return ((scores.double() - mean) / std).float()
+
+
+def zscore_groups(scores: GroupScores, ranking: str = "per_kind") -> GroupScores:
+    """Z-scores over the groups that compete in `ranking` (`hf_afr.structure.budget`): all
+    groups of a kind (`"per_kind"`), a kind's groups in one block (`"per_layer"`), or all
+    groups together (`"pooled"`)."""
+    every = torch.cat([s for per in scores.values() for s in per.values()])
     result: GroupScores = {}
     for kind, per in scores.items():
-        if not per:
-            result[kind] = {}
-            continue
-        flat = every if pooled else torch.cat([s.double() for s in per.values()])
-        mean, std = flat.mean(), flat.std(unbiased=False)
-        std = std if std > 0 else torch.ones_like(std)
-        result[kind] = {name: ((s.double() - mean) / std).float() for name, s in per.items()}
+        of_kind = torch.cat(list(per.values())) if per else every
+        result[kind] = {
+            name: _zscores(s, {"pooled": every, "per_layer": s}.get(ranking, of_kind))
+            for name, s in per.items()
+        }
     return result
 
 
@@ -164,6 +171,5 @@ def group_scores(
     densities = [_per_weight(gates, groups) for gates in per_objective]
     if method != "afr":
         return densities[0]
-    pooled = config.group_ranking == "pooled"
-    loss, refer = (zscore_per_kind(d, pooled) for d in densities)
+    loss, refer = (zscore_groups(d, config.group_ranking) for d in densities)
     return _map(refer, lambda kind, name, s: s + loss[kind][name])

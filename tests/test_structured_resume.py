@@ -199,11 +199,12 @@ def checkpoint_of_masks(tiny_vit_dir, folder):
     pruner.save_pretrained(folder)
 
 
-def relabelled(checkpoint, folder):
+def edited(checkpoint, folder, **changes):
+    """A copy of `checkpoint` whose config.json has `changes`."""
     shutil.copytree(checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["id2label"]["2"], config["label2id"] = "bird", {"cat": 0, "dog": 1, "bird": 2}
-    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
 
 
 @pytest.mark.slow
@@ -216,6 +217,8 @@ def relabelled(checkpoint, folder):
         ("other labels", "it classifies 3 labels (cat, dog, bird), the training data has 3"),
         ("masks, --structure", "this run prunes with --structure heads+mlp, but the checkpoint"),
         ("neither", "has no pruning_masks.safetensors: only checkpoints written with"),
+        ("malformed widths", "checkpoint-2: config.json `layer_intermediate_sizes` must be a list"),
+        ("widths not of the weights", "layer 0 (vit.layers.0) stores mlp.fc1.weight with shape"),
     ],
 )
 def test_a_checkpoint_that_does_not_belong_is_one_line(
@@ -230,8 +233,16 @@ def test_a_checkpoint_that_does_not_belong_is_one_line(
     elif case == "another model":
         model = save_tiny(tmp_path / "wider", intermediate_size=96)
     elif case == "other labels":
-        relabelled(checkpoint, tmp_path / "checkpoint-2")
-        checkpoint = tmp_path / "checkpoint-2"
+        labels = ["cat", "dog", "bird"]
+        checkpoint = edited(
+            checkpoint, tmp_path / "checkpoint-2",
+            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        )  # fmt: skip
+    elif case == "malformed widths":
+        checkpoint = edited(checkpoint, tmp_path / "checkpoint-2", **{UNITS: "wide"})
+    elif case == "widths not of the weights":
+        units = [n + 1 for n in widths(checkpoint)[1]]
+        checkpoint = edited(checkpoint, tmp_path / "checkpoint-2", **{UNITS: units})
     elif case == "masks, --structure":
         checkpoint = tmp_path / "checkpoint-2"
         checkpoint_of_masks(tiny_vit_dir, checkpoint)

@@ -10,6 +10,7 @@ run's arguments can give.
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Any
 
@@ -20,6 +21,7 @@ from transformers.utils import logging
 from ..checkpoint.formats import CONFIG_NAME, MASKS_NAME, PRUNER_CONFIG_NAME, read_config_file
 from ..checkpoint.load import check_local_checkpoint, quiet_transformers
 from ..checkpoint.masks_file import load_masks
+from ..checkpoint.structured_loader import narrow_to_config
 from ..checkpoint.widths import config_widths, model_widths
 from ..config import PrunerConfig
 from ..enforcement import PruningMaskCallback
@@ -27,6 +29,7 @@ from ..files import contained_file
 from ..pruner import AFRPruner
 from ..resume import PrunerConfigCallback
 from ..structure.report import is_structured, meta_model
+from ..untrusted import CheckpointError
 
 logger = logging.get_logger("hf_afr.scripts")
 
@@ -57,7 +60,12 @@ def resolve_resume_checkpoint(checkpoint: str | None, output_dir: str) -> str | 
 
 def _records_widths(checkpoint: str) -> bool:
     path = contained_file(checkpoint, CONFIG_NAME)
-    return path is not None and config_widths(read_config_file(path)) is not None
+    try:
+        return path is not None and config_widths(read_config_file(path)) is not None
+    except CheckpointError:
+        raise
+    except ValueError as err:
+        raise ValueError(f"{checkpoint}: {err}") from None
 
 
 def resume_pruner(
@@ -89,6 +97,9 @@ def resume_pruner(
     if has_masks or os.path.isfile(os.path.join(checkpoint, PRUNER_CONFIG_NAME)):
         saved = PrunerConfig.from_pretrained(checkpoint)
     if is_structured(config):  # the widths, the fine-tuned weights and any masks
+        skeleton = meta_model(config, widths=False)
+        skeleton.config = config  # narrowed to its widths, checked against the weights files
+        narrow_to_config(skeleton, sorted(glob.glob(os.path.join(checkpoint, "*.safetensors"))))
         resumed = AFRPruner.from_pretrained(checkpoint, saved or run_config)
     else:
         resumed = AFRPruner(base.model, saved)

@@ -6,7 +6,9 @@ transformers 5 renamed the modules of several families (ViT's `vit.encoder.layer
 plain `load_state_dict(strict=False)` instead: the renamed weights do not land, the encoder stays at
 its pretrained values and only a "missing keys" warning says so. `load_checkpoint_weights` loads
 through `from_pretrained` (the same key conversion) and refuses a checkpoint whose weights do not
-all land; `ResumingTrainer` is a `Trainer` that uses it.
+all land; `ResumingTrainer` is a `Trainer` that uses it. A structurally pruned model (per-layer
+widths on its config) is read at its widths; `PrunerConfigCallback` writes the pruner config into
+the checkpoints of such a model when it has no masks (`PruningMaskCallback` does otherwise).
 
 Example:
     ```python

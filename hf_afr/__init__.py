@@ -23,6 +23,7 @@ _LAZY_ATTRIBUTES = {
     "DistillationTrainer": ".distillation",
     "MaskEnforcer": ".enforcement",
     "PrunerConfig": ".config",
+    "PrunerConfigCallback": ".resume",
     "PruningMaskCallback": ".enforcement",
     "PrunedCardData": ".checkpoint.card_data",
     "ResumingTrainer": ".resume",
@@ -52,6 +53,7 @@ __all__ = [
     "DistillationTrainer",
     "MaskEnforcer",
     "PrunerConfig",
+    "PrunerConfigCallback",
     "PruningMaskCallback",
     "PrunedCardData",
     "ResumingTrainer",
@@ -91,7 +93,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .masks import apply_masks, select_masks
     from .pruner import AFRPruner
     from .report import SparsityReport
-    from .resume import ResumingTrainer
+    from .resume import PrunerConfigCallback, ResumingTrainer
     from .structure.report import StructureReport, count_macs, structure_report
     from .targets import find_prunable_parameters
     from .untrusted import CheckpointError

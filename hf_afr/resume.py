@@ -6,7 +6,9 @@ transformers 5 renamed the modules of several families (ViT's `vit.encoder.layer
 plain `load_state_dict(strict=False)` instead: the renamed weights do not land, the encoder stays at
 its pretrained values and only a "missing keys" warning says so. `load_checkpoint_weights` loads
 through `from_pretrained` (the same key conversion) and refuses a checkpoint whose weights do not
-all land; `ResumingTrainer` is a `Trainer` that uses it.
+all land; `ResumingTrainer` is a `Trainer` that uses it. A structurally pruned model (per-layer
+widths on its config) is read at its widths; `PrunerConfigCallback` writes the pruner config into
+the checkpoints of such a model when it has no masks (`PruningMaskCallback` does otherwise).
 
 Example:
     ```python
@@ -25,7 +27,8 @@ import os
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import (
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
@@ -33,7 +36,8 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
-from .checkpoint.load import quiet_transformers
+from .checkpoint.load import loading_class, quiet_transformers
+from .config import PrunerConfig
 
 _WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 
@@ -44,6 +48,7 @@ def load_checkpoint_weights(model: nn.Module, checkpoint: str | os.PathLike) -> 
     The folder is read by `type(model).from_pretrained` with `model.config`, so that the keys go
     through the conversion transformers applies to checkpoints (legacy module names included);
     then every parameter and buffer is copied into `model` in place (its dtype and device kept).
+    A structurally pruned model (per-layer widths on its config) is read at those widths.
 
     Args:
         model (`PreTrainedModel`): the model to load into.
@@ -55,8 +60,8 @@ def load_checkpoint_weights(model: nn.Module, checkpoint: str | os.PathLike) -> 
             a weight of `model` is not in the checkpoint; `model` is then left unchanged.
     """
     checkpoint = os.fspath(checkpoint)
-    with quiet_transformers():
-        loaded, info = type(model).from_pretrained(
+    with quiet_transformers():  # a structurally pruned model is built at its per-layer widths
+        loaded, info = loading_class(type(model), model.config).from_pretrained(
             checkpoint, config=model.config, output_loading_info=True, ignore_mismatched_sizes=True
         )  # mismatched sizes reported in `info` and refused below
     missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
@@ -107,3 +112,36 @@ class ResumingTrainer(Trainer):
         if not self._plain(self.model, best):
             return super()._load_best_model()
         load_checkpoint_weights(self.model, best)
+
+
+class PrunerConfigCallback(TrainerCallback):
+    """Writes `pruner_config.json` into every Trainer checkpoint of a structurally pruned model.
+
+    Such a model has no masks (its per-layer widths are in its `config.json`), so
+    `PruningMaskCallback`, which writes the config beside the masks, is not used; with this
+    callback its checkpoints record the pruning that made the model, resume with it and load
+    with `AFRPruner.from_pretrained`.
+
+    Args:
+        pruner_config (`PrunerConfig`): the config of the structured pruning.
+
+    Example:
+        ```python
+        >>> trainer = ResumingTrainer(model=pruner.model, args=args, train_dataset=train_ds,
+        ...                           callbacks=[PrunerConfigCallback(pruner.config)])
+        ```
+    """
+
+    def __init__(self, pruner_config: PrunerConfig):
+        if not isinstance(pruner_config, PrunerConfig):
+            raise ValueError(
+                f"PrunerConfigCallback needs a PrunerConfig, got {type(pruner_config).__name__}."
+            )
+        self.pruner_config = pruner_config
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if os.path.isdir(folder):
+            self.pruner_config.save_pretrained(folder)

@@ -21,7 +21,8 @@ dense model fine-tuned on the task) trains with DeiT's soft distillation loss
 Masks: scored on `--num_batches` seeded batches of the training set (evaluation transforms),
 split over the processes with the gradients summed, so every process count gives the masks of
 one process. A checkpoint already pruned by hf_afr keeps its masks (no scoring; `--skip_pruning`
-makes that a requirement); `--resume_from_checkpoint` reuses the masks saved in the checkpoint.
+makes that a requirement); `--resume_from_checkpoint` reuses the pruning saved in the checkpoint
+(masks, and the per-layer widths of a structurally pruned model).
 Errors are one line (`--debug` shows the traceback).
 """
 
@@ -34,7 +35,7 @@ from transformers import TrainingArguments, set_seed
 from transformers.utils import logging
 
 from hf_afr.distributed import check_supported_training_args
-from hf_afr.enforcement import MaskEnforcer, PruningMaskCallback
+from hf_afr.enforcement import MaskEnforcer
 from hf_afr.sharding import has_dtensor_parameters
 from hf_afr.workflow.arguments import (
     DataTrainingArguments,
@@ -52,6 +53,7 @@ from hf_afr.workflow.results import (
     push_pruned_model,
     training_settings,
 )
+from hf_afr.workflow.resuming import pruning_callbacks, resolve_resume_checkpoint
 from hf_afr.workflow.runner import run_script
 from hf_afr.workflow.steps import (
     attach_image_processor,
@@ -59,7 +61,6 @@ from hf_afr.workflow.steps import (
     describe_masks,
     freeze_unused_parameters,
     load_pruner,
-    resolve_resume_checkpoint,
     score_and_prune,
     setup_logging,
     weight_sparsity_report,
@@ -146,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         processing_class=image_processor,
         data_collator=collate_fn,
         compute_metrics=accuracy_metric_fn(metric),
-        # a structurally pruned model without masks is a plain smaller dense model
-        callbacks=[PruningMaskCallback.from_pruner(pruner)] if pruner.masks else [],
+        # masks stay exact; every checkpoint records the pruning (masks and/or widths)
+        callbacks=pruning_callbacks(pruner),
         **teacher_kwargs,
     )
     metrics, results = {}, {}  # the results files are saved with the model, in one save

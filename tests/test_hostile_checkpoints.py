@@ -103,7 +103,8 @@ def _run(path: str, folder: Path, dst: Path, bases, capsys) -> str:
             args = SimpleNamespace(
                 model_name_or_path=str(bases["dense"]), cache_dir=None, model_revision=None
             )
-            load_pruner(args, PrunerConfig(), {0: "a", 1: "b", 2: "c"}, str(folder))
+            labels = {i: f"LABEL_{i}" for i in range(3)}  # the base's: a run of this model
+            load_pruner(args, PrunerConfig(), labels, str(folder))
     err = info.value
     assert str(err).startswith(err.path) and "\n" not in str(err)
     return str(err)

@@ -92,16 +92,11 @@ def load_classifier(
         with quiet_transformers():
             if model_config.model_type in arch.vision_model_types:
                 model, info = _load_vision_tower(name_or_path, arch, kwargs)
-            elif is_structured(model_config):
-                # structurally pruned: build the per-block widths before the weights load
-                model, info = sized_class(arch.model_cls, arch.layout).from_pretrained(
+            else:
+                model, info = loading_class(arch.model_cls, model_config).from_pretrained(
                     name_or_path, output_loading_info=True, **kwargs
                 )
                 model.__class__ = arch.model_cls
-            else:
-                model, info = arch.model_cls.from_pretrained(
-                    name_or_path, output_loading_info=True, **kwargs
-                )
     except SafetensorError as err:
         raise ValueError(
             f"Cannot read the weights of {name_or_path}: {err}. The file is truncated or corrupt; "
@@ -110,6 +105,18 @@ def load_classifier(
     _check_encoder_loaded(model, name_or_path, arch, info)
     _log_loading_info(model, name_or_path, info, arch.head)
     return model
+
+
+def loading_class(model_cls: type[nn.Module], model_config: Any) -> type[nn.Module]:
+    """The class whose `from_pretrained` loads a checkpoint of `model_config` into `model_cls`.
+
+    `model_cls` itself, or for a structurally pruned config (per-layer widths) its
+    `sized_class`, which builds every block at its width before the weights load. Put the loaded
+    model back into `model_cls` afterwards: `model.__class__ = model_cls`.
+    """
+    if not is_structured(model_config):
+        return model_cls
+    return sized_class(model_cls, get_architecture(model_config).layout)
 
 
 def _complete_label_kwargs(kwargs: dict[str, Any]) -> None:

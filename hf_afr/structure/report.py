@@ -91,7 +91,9 @@ def _row(what: str, before: int, after: int) -> str:
     return f"| {what} | {before:,} | {after:,} | {after / before:.3f} |"
 
 
-def _skeleton(config: Any, widths: bool) -> nn.Module:
+def meta_model(config: Any, widths: bool = True) -> nn.Module:
+    """The family's classifier of `config` on the meta device (shapes only, no memory), at the
+    config's per-layer widths (`widths=True`) or at the dense widths the rest of it gives."""
     arch = get_architecture(config)
     config = copy.deepcopy(config)
     heads, units = getattr(config, HEADS_KEY, None), getattr(config, UNITS_KEY, None)
@@ -160,7 +162,7 @@ def _prunable(model: nn.Module) -> int:
 def structure_report(config: Any) -> StructureReport:
     """The `StructureReport` of a structurally pruned model config (dense widths from the rest
     of the config)."""
-    dense, small = _skeleton(config, widths=False), _skeleton(config, widths=True)
+    dense, small = meta_model(config, widths=False), meta_model(config, widths=True)
     layout = get_architecture(config).layout
     heads_before, units_before = layer_widths(dense, layout)
     heads_after, units_after = layer_widths(small, layout)

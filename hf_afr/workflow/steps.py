@@ -8,13 +8,11 @@ import sys
 from typing import Any
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..checkpoint.card_data import PrunedCardData
 from ..checkpoint.formats import MASKS_NAME
 from ..checkpoint.load import quiet_transformers
-from ..checkpoint.masks_file import load_masks
 from ..config import PrunerConfig
 from ..criteria import get_criterion
 from ..distributed import broadcast_masks
@@ -24,6 +22,7 @@ from ..sharding import is_dtensor
 from ..structure.report import StructureReport
 from .arguments import ModelArguments
 from .data import hub_or_offline
+from .resuming import resume_pruner
 from .transforms import ImageTransform, scoring_dataloader
 
 logger = logging.get_logger("hf_afr.scripts")
@@ -70,28 +69,6 @@ def setup_logging(log_level: str, is_main_process: bool, show_progress: bool) ->
         own.propagate = False
 
 
-def resolve_resume_checkpoint(checkpoint: str | None, output_dir: str) -> str | None:
-    """The checkpoint folder to resume from (`"last"`/`"true"`: the newest in `output_dir`).
-
-    It must hold the masks written by `PruningMaskCallback`; checked before any work.
-    """
-    if checkpoint is None:
-        return None
-    if str(checkpoint).lower() in ("true", "last"):
-        found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if found is None:
-            raise ValueError(f"No checkpoint to resume from in {output_dir}.")
-        checkpoint = found
-    if not os.path.isdir(checkpoint):
-        raise ValueError(f"--resume_from_checkpoint {checkpoint!r} is not a folder.")
-    if not os.path.isfile(os.path.join(checkpoint, MASKS_NAME)):
-        raise ValueError(
-            f"Checkpoint {checkpoint} has no {MASKS_NAME}: only checkpoints written with "
-            "hf_afr's PruningMaskCallback can be resumed with their exact masks."
-        )
-    return checkpoint
-
-
 def load_pruner(
     model_args: ModelArguments,
     pruner_config: PrunerConfig,
@@ -100,9 +77,10 @@ def load_pruner(
 ) -> AFRPruner:
     """The `AFRPruner` to work with; it has masks when they are reused rather than scored.
 
-    Masks come, in this order, from the checkpoint being resumed, from an already pruned
-    `model_name_or_path` (its own pruner config is kept, the pruning arguments are ignored),
-    or nowhere (the returned pruner, with `pruner_config`, still has to prune).
+    Masks and widths come, in this order, from the checkpoint being resumed (its pruning, see
+    `resuming.resume_pruner`), from an already pruned `model_name_or_path` (its own pruner
+    config is kept, the pruning arguments are ignored), or nowhere (the returned pruner, with
+    `pruner_config`, still has to prune).
     """
     name = model_args.model_name_or_path
     online = os.path.isdir(name) or hub_or_offline(f"model {name!r}")
@@ -121,10 +99,8 @@ def load_pruner(
             "reached to download it: check the path, or connect once to download it."
         ) from err
     if resume_checkpoint is not None:
-        logger.info(f"Resuming from {resume_checkpoint}: reusing its pruning masks.")
-        resumed = _with(pruner, PrunerConfig.from_pretrained(resume_checkpoint))
-        resumed.set_masks(load_masks(os.path.join(resume_checkpoint, MASKS_NAME), pruner.model))
-        return resumed
+        run_config = pruner.config if pruner.is_pruned else _with(pruner, pruner_config).config
+        return resume_pruner(pruner, run_config, resume_checkpoint, name)
     if pruner.is_pruned:
         if pruner.config != _with(pruner, pruner_config).config:  # "auto" features resolved
             logger.warning(

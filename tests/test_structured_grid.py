@@ -114,3 +114,24 @@ def test_toy_grid_prunes_structurally_and_matches_unstructured_latency(tmp_path)
     assert abs(unstructured["sparsity_measured"] - unstructured["unstructured_sparsity"]) < 1e-3
     assert len(unstructured["match"]["steps"]) == 2
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in runs.values())
+
+
+def test_a_ranking_other_than_per_kind_has_its_own_runs_and_files(tmp_path, capsys):
+    grid = load("structured_grid")
+    out = tmp_path / "results"
+    argv = ["--tasks", "digits", "--sparsities", "0.5", "--seeds", "0", "--workers", "1",
+            "--methods", "dense", "afr", "--output_dir", str(out)]  # fmt: skip
+    first = grid.main(argv, run=fake_run)
+    assert {r["group_ranking"] for r in first} == {"per_kind"}
+    # runs saved before the field existed are per_kind runs: resumed, not run again
+    saved = json.loads((out / "structured_grid.json").read_text())
+    for run in saved["runs"]:
+        del run["group_ranking"]
+    (out / "structured_grid.json").write_text(json.dumps(saved))
+    calls = []
+    grid.main([*argv, "--resume"], run=lambda job: calls.append(job) or fake_run(job))
+    assert calls == []
+    per_layer = grid.main([*argv, "--resume", "--group_ranking", "per_layer"], run=fake_run)
+    assert {r["group_ranking"] for r in per_layer} == {"per_layer"} and len(per_layer) == 2
+    assert "group_ranking per_layer" in (out / "structured_grid-per_layer.md").read_text()
+    assert "group_ranking per_kind" in (out / "structured_grid.md").read_text()

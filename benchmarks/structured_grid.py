@@ -57,9 +57,10 @@ NAME = "structured_grid"
 # What identifies a run (a result holds these fields and its measurements).
 JOB_FIELDS = (
     "epochs", "batch_size", "lr", "num_batches", "scoring_batch_size", "train_limit", "task",
-    "seed", "method", "sparsity", "group_ranking",
+    "seed", "method", "sparsity", "group_ranking", "fit_head",
 )  # fmt: skip
-DEFAULTS = {"group_ranking": "per_kind"}  # runs saved before a field existed had this value
+# What runs saved before a field existed did (they scored through the model's random head).
+DEFAULTS = {"group_ranking": "per_kind", "fit_head": False}
 
 
 @functools.cache
@@ -130,6 +131,7 @@ def _structured_model(job: dict, method: str, base: torch.nn.Module, batches) ->
         seed=job["seed"],
         structure=STRUCTURE,
         group_ranking=job["group_ranking"],
+        fit_head=job["fit_head"],
     )
     pruner = AFRPruner(base, config)
     pruner.prune(batches, show_progress=False)
@@ -253,7 +255,7 @@ def plan(args) -> list[dict]:
         "num_batches": args.num_batches, "scoring_batch_size": args.scoring_batch_size,
         "train_limit": args.train_limit, "latency_batch": args.latency_batch,
         "latency_rounds": args.latency_rounds, "bisection_steps": args.bisection_steps,
-        "group_ranking": args.group_ranking,
+        "group_ranking": args.group_ranking, "fit_head": False if args.no_fit_head else None,
     }  # fmt: skip
     jobs = []
     for seed in args.seeds:
@@ -299,6 +301,13 @@ def parse_args(argv=None):
         help="PrunerConfig.group_ranking of the structured runs (results of a ranking other "
         "than per_kind go to structured_grid-RANKING.*)",
     )
+    p.add_argument(
+        "--no_fit_head",
+        action="store_true",
+        help="score through the model's new random head (PrunerConfig(fit_head=False)) instead "
+        "of hf_afr's default for structures, a head fitted to the scoring batches "
+        "(results in structured_grid[-RANKING]-no_fit_head.*)",
+    )
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--resume", action="store_true", help="only the runs not done yet")
@@ -318,9 +327,10 @@ def _job_key(run: dict) -> str:
 
 
 def result_name(args) -> str:
-    """The stem of the result files: `structured_grid`, or `structured_grid-RANKING`."""
-    ranking = args.group_ranking
-    return NAME if ranking == DEFAULTS["group_ranking"] else f"{NAME}-{ranking}"
+    """The stem of the result files: `structured_grid[-RANKING][-no_fit_head]` (no suffix for
+    the default `per_kind` ranking and fitted head)."""
+    ranking = "" if args.group_ranking == "per_kind" else f"-{args.group_ranking}"
+    return f"{NAME}{ranking}{'-no_fit_head' if args.no_fit_head else ''}"
 
 
 def finished_runs(out: Path, name: str = NAME) -> tuple[list[dict], float | None]:

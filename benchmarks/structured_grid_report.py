@@ -184,7 +184,8 @@ def report(runs: list[dict], meta: dict) -> str:
         f"{a['seeds']}, sparsities {a['sparsities']}: model `{Path(a['model']).name}`, "
         f"{a['num_batches']} scoring batches of {a['scoring_batch_size']} images, fine-tuning "
         f"{a['epochs']} epochs AdamW lr {a['lr']:g} batch {a['batch_size']} (cosine), "
-        f"structure heads+mlp, group_ranking {a.get('group_ranking', 'per_kind')}; torch {meta['torch']}, {a['workers']} worker process(es) of one "
+        f"structure heads+mlp, group_ranking {a.get('group_ranking', 'per_kind')}, scored "
+        f"through {'the new random head' if a.get('no_fit_head', True) else 'a fitted head'}; torch {meta['torch']}, {a['workers']} worker process(es) of one "
         f"thread; {meta['runs']} of {meta['planned']} planned runs"
         + (f" ({meta['resumed']} from earlier invocations)" if meta.get("resumed") else "")
         + (

@@ -192,6 +192,16 @@ class PrunerConfig:
             "AFR's z-scores are taken over the groups that compete."
         },
     )
+    fit_head: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Score through a classification head fitted to the scoring batches "
+            "(logistic regression on the features it reads) instead of the model's head, which "
+            "before fine-tuning is usually new and random; the model is not changed. Applies to "
+            "criteria that read the loss. None (default): on with a `structure`, off without "
+            "(the paper's setting). Set False when the head is already trained for the task."
+        },
+    )
     seed: int = field(
         default=42,
         metadata={
@@ -248,6 +258,8 @@ class PrunerConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
         _check_choice("group_ranking", self.group_ranking, GROUP_RANKINGS)
+        if self.fit_head is not None and not isinstance(self.fit_head, bool):
+            raise ValueError(f"`fit_head` must be True, False or None, got {self.fit_head!r}.")
         if self.structure is None:
             return
         _check_choice("structure", self.structure, STRUCTURES)
@@ -290,6 +302,12 @@ class PrunerConfig:
     def pattern_nm(self) -> tuple[int, int] | None:
         """`pattern` as a tuple `(N, M)`, or None without a pattern."""
         return None if self.pattern is None else parse_pattern(self.pattern)
+
+    @property
+    def fits_head(self) -> bool:
+        """Whether scoring goes through a head fitted to the scoring batches (`fit_head`)."""
+        fit = self.structure is not None if self.fit_head is None else self.fit_head
+        return fit and get_criterion(self.method).needs_labels
 
     @property
     def needs_data(self) -> bool:

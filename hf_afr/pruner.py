@@ -27,6 +27,7 @@ from .checkpoint.save import save_pruned_checkpoint
 from .config import PrunerConfig
 from .controls import controlled_masks
 from .criteria import get_criterion
+from .criteria.head_fit import scoring_head
 from .distributed import check_equal_batch_counts
 from .files import check_local_folder
 from .hub import push_to_hub
@@ -146,7 +147,8 @@ class AFRPruner:
         """
         criterion = get_criterion(self.config.method)
         batches = self._scoring_batches(batches, criterion.needs_data, show_progress)
-        scores = criterion.score(self.model, batches, self.params, self.config)
+        with scoring_head(self.model, batches, self.config) as batches:
+            scores = criterion.score(self.model, batches, self.params, self.config)
         check_scores(scores, self.params)
         return scores
 

@@ -135,3 +135,8 @@ def test_a_ranking_other_than_per_kind_has_its_own_runs_and_files(tmp_path, caps
     assert {r["group_ranking"] for r in per_layer} == {"per_layer"} and len(per_layer) == 2
     assert "group_ranking per_layer" in (out / "structured_grid-per_layer.md").read_text()
     assert "group_ranking per_kind" in (out / "structured_grid.md").read_text()
+    assert "scored through a fitted head" in (out / "structured_grid.md").read_text()
+    random_head = grid.main([*argv, "--no_fit_head"], run=fake_run)
+    assert {r["fit_head"] for r in random_head} == {False}
+    md = (out / "structured_grid-no_fit_head.md").read_text()
+    assert "scored through the new random head" in md

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import PrunerConfig
+from ..criteria.head_fit import scoring_head
 from .budget import StructurePlan, check_budget, select_groups
 from .groups import block_groups, model_layout
 from .report import HEADS_KEY, UNITS_KEY
@@ -57,7 +58,8 @@ def prune_structure(
     _check_shared_tables(model, config.structure)
     groups = block_groups(model)
     check_budget(groups, config.structure, config.sparsity, total_weights, config.min_units)
-    scores = group_scores(model, batches, config, groups)
+    with scoring_head(model, batches, config) as batches:
+        scores = group_scores(model, batches, config, groups)
     plan = select_groups(
         groups,
         scores,

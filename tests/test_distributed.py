@@ -138,7 +138,8 @@ def test_single_process_helpers_are_no_ops():
 # Two real processes (gloo)
 
 
-CASES = (("afr", 2), ("refer", 1))  # refer with 1 batch: rank 1 scores nothing
+# refer with 1 batch: rank 1 scores nothing; snip through a head fitted to both ranks' batches
+CASES = (("afr", 2, None), ("refer", 1, None), ("snip", 2, True))
 
 
 def _score_worker(rank, world_size, folder):
@@ -148,8 +149,10 @@ def _score_worker(rank, world_size, folder):
     try:
         torch.set_num_threads(1)
         results = {}
-        for method, num_batches in CASES:
-            config = PrunerConfig(method=method, sparsity=0.8, num_batches=num_batches)
+        for method, num_batches, fit_head in CASES:
+            config = PrunerConfig(
+                method=method, sparsity=0.8, num_batches=num_batches, fit_head=fit_head
+            )
             pruner = AFRPruner(tiny_model(), config)
             batches = shard_batches(scoring_batches(num_batches))
             scores = pruner.compute_scores(batches, show_progress=False)
@@ -166,8 +169,10 @@ def _score_worker(rank, world_size, folder):
 def test_two_processes_score_like_one(tmp_path):
     mp.spawn(_score_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     torch.set_num_threads(1)
-    for method, num_batches in CASES:
-        config = PrunerConfig(method=method, sparsity=0.8, num_batches=num_batches)
+    for method, num_batches, fit_head in CASES:
+        config = PrunerConfig(
+            method=method, sparsity=0.8, num_batches=num_batches, fit_head=fit_head
+        )
         single = AFRPruner(tiny_model(), config)
         expected_scores = single.compute_scores(scoring_batches(num_batches), False)
         expected_masks = single.prune(scoring_batches(num_batches), False)

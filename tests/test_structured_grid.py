@@ -140,3 +140,42 @@ def test_a_ranking_other_than_per_kind_has_its_own_runs_and_files(tmp_path, caps
     assert {r["fit_head"] for r in random_head} == {False}
     md = (out / "structured_grid-no_fit_head.md").read_text()
     assert "scored through the new random head" in md
+
+
+def test_variants_pair_afr_with_magnitude_of_the_same_ranking_and_snip_of_the_same_head(tmp_path):
+    variants = load("structured_grid_variants")
+
+    def runs(**accuracy_by_method):
+        return [
+            {"task": "digits", "seed": seed, "method": method, "sparsity": 0.5, **extra,
+             "accuracy": accuracy[seed]}
+            for method, (accuracy, extra) in accuracy_by_method.items()
+            for seed in (0, 1)
+        ]  # fmt: skip
+
+    random_head = {"fit_head": False}
+    (tmp_path / "structured_grid-no_fit_head.json").write_text(
+        json.dumps(
+            {
+                "runs": runs(
+                    afr=((0.5, 0.9), random_head),
+                    snip=((0.6, 0.6), random_head),
+                    magnitude=((0.7, 0.7), random_head),
+                )
+            }
+        )  # fmt: skip
+    )
+    (tmp_path / "structured_grid.json").write_text(  # afr and snip through a fitted head
+        json.dumps(
+            {
+                "runs": runs(
+                    afr=((0.8, 0.8), {"fit_head": None}), snip=((0.9, 0.7), {"fit_head": None})
+                )
+            }
+        )  # fmt: skip
+    )
+    text = variants.main(["--results_dir", str(tmp_path)])
+    # fitted: afr 80/80 against magnitude 70/70 (the random-head file's) and snip 90/70
+    assert "| per_kind | fitted | 2 | 80.0 | 80.0 | 70.0 | 2/2 (+10.0) | 1/2 (+0.0) |" in text
+    assert "| per_kind | new, random | 2 | 70.0 | 60.0 | 70.0 | 1/2 (+0.0) | 1/2 (+10.0) |" in text
+    assert (tmp_path / "structured_grid_variants.md").read_text() == text

@@ -1,0 +1,96 @@
+"""The structured grid's scoring variants side by side: group ranking x head scored through.
+
+`benchmarks/structured_grid.py` writes one result file per variant (`structured_grid.json`,
+`structured_grid-per_layer.json`, `structured_grid-no_fit_head.json`, ...). This script reads
+every one in `--results_dir` and tabulates, per variant, the mean accuracy of structured AFR,
+SNIP and magnitude and AFR's paired wins against the other two (the goal of the grid). Runs are
+paired by (task, seed, sparsity). Magnitude reads neither the loss nor the head, so its runs of a
+ranking serve both head variants of that ranking.
+
+    python benchmarks/structured_grid_variants.py   # writes structured_grid_variants.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RANKINGS = ("per_kind", "per_layer", "pooled")
+LOSS_METHODS = ("afr", "snip", "fisher")  # scored through the head: fit_head applies
+COMPARED = ("afr", "snip", "magnitude")
+
+
+def variant_runs(results_dir: Path) -> dict[tuple[str, bool], dict[tuple, float]]:
+    """Accuracy by (task, seed, method, sparsity) for every (ranking, head fitted) variant."""
+    variants: dict[tuple[str, bool], dict[tuple, float]] = {}
+    for path in sorted(results_dir.glob("structured_grid*.json")):
+        for run in json.loads(path.read_text())["runs"]:
+            method = run["method"]
+            if method not in COMPARED:
+                continue
+            ranking = run.get("group_ranking", "per_kind")
+            key = (run["task"], run["seed"], method, run["sparsity"])
+            fitted = run.get("fit_head", False) is not False
+            heads = (fitted,) if method in LOSS_METHODS else (False, True)
+            for head in heads:
+                variants.setdefault((ranking, head), {})[key] = run["accuracy"]
+    return variants
+
+
+def paired(runs: dict[tuple, float], baseline: str) -> tuple[int, int, float]:
+    """AFR's wins over `baseline`, the number of pairs and the mean difference in points."""
+    diffs = [
+        acc - runs[(task, seed, baseline, sparsity)]
+        for (task, seed, method, sparsity), acc in runs.items()
+        if method == "afr" and (task, seed, baseline, sparsity) in runs
+    ]
+    wins = sum(d > 0 for d in diffs)
+    return wins, len(diffs), 100 * sum(diffs) / max(len(diffs), 1)
+
+
+def table(variants: dict[tuple[str, bool], dict[tuple, float]]) -> str:
+    lines = [
+        "| group ranking | head scored through | runs | afr | snip | magnitude "
+        "| afr vs magnitude | afr vs snip |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = sorted(variants, key=lambda v: (RANKINGS.index(v[0]), not v[1]))
+    for ranking, fitted in order:
+        runs = variants[(ranking, fitted)]
+        cells = [(t, s, p) for (t, s, m, p) in runs if m == "afr"]
+        full = [c for c in cells if all((c[0], c[1], m, c[2]) in runs for m in COMPARED)]
+        if not full:
+            continue
+        mean = {m: 100 * sum(runs[(t, s, m, p)] for t, s, p in full) / len(full) for m in COMPARED}
+        common = {k: v for k, v in runs.items() if (k[0], k[1], k[3]) in set(full)}
+        vs = {b: paired(common, b) for b in ("magnitude", "snip")}
+        lines.append(
+            f"| {ranking} | {'fitted' if fitted else 'new, random'} | {len(full)} "
+            + "".join(f"| {mean[m]:.1f} " for m in COMPARED)
+            + "".join(f"| {w}/{n} ({d:+.1f}) " for w, n, d in vs.values())
+            + "|"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results_dir", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args(argv)
+    results = Path(args.results_dir)
+    text = (
+        "# Structured grid: scoring variants side by side\n\n"
+        "`python benchmarks/structured_grid_variants.py`: every `structured_grid*.json` in "
+        f"`{results.name}/`. Mean accuracy (%) over the (task, seed, sparsity) cells where afr, "
+        "snip and magnitude all ran; afr's paired wins over each (mean difference in points).\n\n"
+        + table(variant_runs(results))
+        + "\n"
+    )
+    (results / "structured_grid_variants.md").write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -8,12 +8,8 @@ fine-tuning recipe as `replicate.py` (paired runs):
 
 - structured `afr`, `snip`, `refer`, `magnitude` (group L2 norm) and `random`;
 - `afr_unstructured`: unstructured AFR masks, exactly shrunk (`hf_afr.inference.shrink`), at
-  the sparsity whose shrunk model is as fast as the structured AFR model. In the same process,
-  the structured AFR model and the shrunk candidates are timed side by side against the dense
-  model (batch `--latency_batch`, one thread, fastest-call ratios of
-  `hf_afr.inference.timing.time_side_by_side`); the unstructured sparsity is bisected (in
-  log(1 - sparsity), between the structured sparsity and 99.5%) until the speed-ups match.
-  The masked model is then fine-tuned as in `replicate.py` (masks kept by `enforce_masks`).
+  the sparsity whose shrunk model is as fast as the structured AFR model (`match_latency`:
+  bisected, timed side by side in the same process), then fine-tuned with exact masks;
 - `dense`, once per (task, seed).
 
 Each run records its model's speed-up over dense (before fine-tuning), kept widths and MACs.
@@ -22,6 +18,10 @@ Each run records its model's speed-up over dense (before fine-tuning), kept widt
     python benchmarks/structured_grid.py --tasks digits  # one task
     python benchmarks/structured_grid.py --resume        # only the runs not done yet
     python benchmarks/structured_grid.py --preset toy    # digits, seed 0, 50%, tiny data: seconds
+
+Structured runs use hf_afr's defaults (`group_ranking="per_kind"`, a fitted head for scoring);
+`--group_ranking` and `--no_fit_head` runs go to their own files (`structured_grid-per_layer.*`,
+`structured_grid-no_fit_head.*`; `structured_grid_variants.py` sets them side by side).
 
 Each finished run is appended to `structured_grid.partial.jsonl` in `--output_dir` (default
 `benchmarks/results/`); `--resume` keeps the runs done there or in `structured_grid.json`. The
@@ -54,6 +54,7 @@ TASKS = ("digits", "typefaces", "cyrillic")
 STRUCTURE = "heads+mlp"
 MAX_UNSTRUCTURED = 0.995  # the densest-shrinking unstructured sparsity tried
 NAME = "structured_grid"
+RANKINGS = ("per_kind", "per_layer", "pooled")
 # What identifies a run (a result holds these fields and its measurements).
 JOB_FIELDS = (
     "epochs", "batch_size", "lr", "num_batches", "scoring_batch_size", "train_limit", "task",
@@ -70,19 +71,15 @@ def task_data(task: str, train_limit: int | None) -> dict:
     return data if train_limit is None else {k: v[:train_limit] for k, v in data.items()}
 
 
-def _forward(model, pixel_values: torch.Tensor):
-    with torch.inference_mode():
-        return model(pixel_values=pixel_values).logits
-
-
 def speedups(models: dict[str, torch.nn.Module], pixel_values: torch.Tensor, rounds: int) -> dict:
     """Fastest-call speed-up of each model over `models["dense"]`, timed side by side."""
     from hf_afr.inference.timing import time_side_by_side
 
     for model in models.values():
         model.eval()
-    calls = {k: functools.partial(_forward, m, pixel_values) for k, m in models.items()}
-    timings = time_side_by_side(calls, baseline="dense", rounds=rounds, min_time=0.02)
+    calls = {k: functools.partial(m, pixel_values=pixel_values) for k, m in models.items()}
+    with torch.inference_mode():
+        timings = time_side_by_side(calls, baseline="dense", rounds=rounds, min_time=0.02)
     return {k: t.best_speedup for k, t in timings.items()} | {
         f"{k}_seconds": t.seconds for k, t in timings.items()
     }
@@ -101,11 +98,8 @@ def encoder_linear_weights(model: torch.nn.Module) -> int:
 
 def widths(model: torch.nn.Module) -> dict:
     """Kept heads and MLP units per encoder block, as the pruned model's config records them."""
-    config = model.config
-    return {
-        "heads": list(getattr(config, "layer_num_attention_heads", None) or []),
-        "mlp_units": list(getattr(config, "layer_intermediate_sizes", None) or []),
-    }
+    get = lambda key: list(getattr(model.config, key, None) or [])  # noqa: E731
+    return {"heads": get("layer_num_attention_heads"), "mlp_units": get("layer_intermediate_sizes")}
 
 
 def _load(job: dict, method: str, sparsity: float):
@@ -294,20 +288,8 @@ def parse_args(argv=None):
     p.add_argument("--latency_batch", type=int, default=64, help="images per timed call")
     p.add_argument("--latency_rounds", type=int, default=5, help="side-by-side timing rounds")
     p.add_argument("--bisection_steps", type=int, default=6, help="latency-matching steps")
-    p.add_argument(
-        "--group_ranking",
-        default="per_kind",
-        choices=("per_kind", "per_layer", "pooled"),
-        help="PrunerConfig.group_ranking of the structured runs (results of a ranking other "
-        "than per_kind go to structured_grid-RANKING.*)",
-    )
-    p.add_argument(
-        "--no_fit_head",
-        action="store_true",
-        help="score through the model's new random head (PrunerConfig(fit_head=False)) instead "
-        "of hf_afr's default for structures, a head fitted to the scoring batches "
-        "(results in structured_grid[-RANKING]-no_fit_head.*)",
-    )
+    p.add_argument("--group_ranking", default="per_kind", choices=RANKINGS)  # own result files
+    p.add_argument("--no_fit_head", action="store_true", help="PrunerConfig(fit_head=False)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--resume", action="store_true", help="only the runs not done yet")

@@ -11,7 +11,7 @@ from families import FAMILIES, tiny_batches, tiny_classifier
 from helpers import tiny_vit
 
 from hf_afr import AFRPruner, PrunerConfig
-from hf_afr.criteria.head_fit import L2_PENALTY, fit_logistic_head, fitted_head, head_inputs
+from hf_afr.criteria.head_fit import L2_PENALTY, batch_features, fit_logistic_head, fitted_head
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -42,45 +42,76 @@ def test_the_fitted_head_minimises_the_penalised_cross_entropy():
     assert objective(weight, bias) <= objective(w2.detach(), b2.detach()) + 1e-6
 
 
-def test_while_open_the_model_outputs_the_fitted_logits_and_is_unchanged_after():
-    model = tiny_vit()
-    batches = tiny_batches()
-    x = batches[0]["pixel_values"]
+def leave_one_out(model, batches, i):
+    """The head fitted to every batch but the i-th, computed here from plain features."""
+    captured = []
+    hook = model.classifier.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
     with torch.no_grad():
-        before = model(pixel_values=x).logits
+        for batch in batches:
+            model(pixel_values=batch["pixel_values"])
+    hook.remove()
+    x = torch.cat([f for j, f in enumerate(captured) if j != i])
+    y = torch.cat([b["labels"] for j, b in enumerate(batches) if j != i])
+    return x, fit_logistic_head(x, y, model.config.num_labels)
+
+
+def test_each_batch_goes_through_a_head_fitted_to_the_others_and_the_model_is_unchanged():
+    model, batches = tiny_vit(), tiny_batches(n_batches=3)
+    with torch.no_grad():
+        before = [model(pixel_values=b["pixel_values"]).logits for b in batches]
     state = copy.deepcopy(model.state_dict())
-    features, labels = head_inputs(model, batches)
-    weight, bias = fit_logistic_head(features, labels, model.config.num_labels)
     with fitted_head(model, iter(batches)) as listed, torch.no_grad():
-        assert len(listed) == len(batches)
-        fitted = model(pixel_values=x).logits
-        torch.testing.assert_close(fitted, features[: len(x)] @ weight.T + bias)
-        assert not torch.allclose(fitted, before)
+        assert len(listed) == 3
+        for i, batch in enumerate(listed):
+            _, (weight, bias) = leave_one_out(tiny_vit(), batches, i)
+            features = []
+            hook = model.classifier.register_forward_pre_hook(
+                lambda m, a, found=features: found.append(a[0])
+            )
+            logits = model(pixel_values=batch["pixel_values"]).logits
+            hook.remove()
+            torch.testing.assert_close(logits, features[0] @ weight.T + bias)
+            assert not torch.allclose(logits, before[i])
+            half = model(pixel_values=batch["pixel_values"][:2]).logits  # a micro-batch
+            torch.testing.assert_close(half, logits[:2], atol=1e-5, rtol=1e-4)
+        with pytest.raises(RuntimeError, match="no scoring batch"):
+            model(pixel_values=batches[0]["pixel_values"])  # the caller's tensor, not a listed one
     with torch.no_grad():
-        torch.testing.assert_close(model(pixel_values=x).logits, before)
+        for batch, logits in zip(batches, before):
+            torch.testing.assert_close(model(pixel_values=batch["pixel_values"]).logits, logits)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[name]), name
 
 
-def test_snip_through_the_fitted_head_equals_snip_of_a_model_given_that_head():
-    model, batches = tiny_vit(), tiny_batches()
-    fitted = AFRPruner(copy.deepcopy(model), PrunerConfig(method="snip", fit_head=True))
-    scores = fitted.compute_scores(batches, show_progress=False)
-    features, labels = head_inputs(model, batches)
-    weight, bias = fit_logistic_head(features, labels, model.config.num_labels)
-    given = copy.deepcopy(model)
-    with torch.no_grad():
-        given.classifier.weight.copy_(weight)
-        given.classifier.bias.copy_(bias)
-    expected = AFRPruner(given, PrunerConfig(method="snip")).compute_scores(
-        batches, show_progress=False
-    )
-    plain = AFRPruner(model, PrunerConfig(method="snip")).compute_scores(
-        batches, show_progress=False
-    )
-    for name in expected:
-        torch.testing.assert_close(scores[name], expected[name])
+def test_snip_through_fitted_heads_equals_snip_summed_over_models_given_those_heads():
+    model, batches = tiny_vit(), tiny_batches(n_batches=3)
+    pruner = AFRPruner(copy.deepcopy(model), PrunerConfig(method="snip", fit_head=True))
+    scores = pruner.compute_scores(batches, show_progress=False)
+    total = {}
+    for i, batch in enumerate(batches):  # batch i's loss through the head fitted without it
+        given = copy.deepcopy(model)
+        _, (weight, bias) = leave_one_out(given, batches, i)
+        with torch.no_grad():
+            given.classifier.weight.copy_(weight)
+            given.classifier.bias.copy_(bias)
+        loss = F.cross_entropy(given(pixel_values=batch["pixel_values"]).logits, batch["labels"])
+        params = dict(given.named_parameters())
+        grads = torch.autograd.grad(loss, [params[n] for n in scores])
+        for name, grad in zip(scores, grads):
+            total[name] = total.get(name, 0) + grad * params[name].detach()
+    for name in scores:
+        torch.testing.assert_close(scores[name], total[name].abs(), atol=1e-6, rtol=1e-4)
+    plain = AFRPruner(model, PrunerConfig(method="snip")).compute_scores(batches, False)
     assert any(not torch.allclose(scores[n], plain[n]) for n in plain)
+
+
+def test_a_single_scoring_batch_is_fitted_in_sample_with_a_warning(caplog):
+    model, batches = tiny_vit(), tiny_batches(n_batches=1)
+    with fitted_head(model, batches) as listed, torch.no_grad():
+        logits = model(pixel_values=listed[0]["pixel_values"]).logits
+    x, (weight, bias) = leave_one_out(tiny_vit(), batches + batches, 1)  # fitted on batch 0
+    torch.testing.assert_close(logits, x @ weight.T + bias)
+    assert "single scoring batch" in caplog.text
 
 
 def test_structured_pruning_fits_the_head_by_default_and_the_option_is_checked():
@@ -99,14 +130,18 @@ def test_structured_pruning_fits_the_head_by_default_and_the_option_is_checked()
     on.prune(batches, show_progress=False)
     off = AFRPruner(copy.deepcopy(model), PrunerConfig(**{**config.to_dict(), "fit_head": False}))
     off.prune(batches, show_progress=False)
-    assert on.model.config.layer_intermediate_sizes != off.model.config.layer_intermediate_sizes
+    off_state = off.model.state_dict()
+    assert any(  # other units kept
+        t.shape != off_state[n].shape or not torch.equal(t, off_state[n])
+        for n, t in on.model.state_dict().items()
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_has_a_head_that_can_be_fitted(family):
     model, batches = tiny_classifier(family), tiny_batches()
-    features, labels = head_inputs(model, batches)
-    assert features.shape[0] == labels.shape[0] == sum(len(b["labels"]) for b in batches)
-    with fitted_head(model, batches), torch.no_grad():
-        logits = model(pixel_values=batches[0]["pixel_values"]).logits
+    for (features, labels), batch in zip(batch_features(model, batches), batches):
+        assert features.shape[0] == labels.shape[0] == len(batch["labels"])
+    with fitted_head(model, batches) as listed, torch.no_grad():
+        logits = model(pixel_values=listed[0]["pixel_values"]).logits
     assert logits.shape == (len(batches[0]["labels"]), model.config.num_labels)

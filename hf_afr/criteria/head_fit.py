@@ -36,7 +36,6 @@ from .gradients import prepare_batch
 logger = logging.get_logger(__name__)
 
 L2_PENALTY = 1e-3
-L2_PENALTIES = (1e-3, 1e-2, 1e-1)  # tried by leave-one-batch-out validation
 MAX_ITERATIONS = 100
 
 
@@ -129,11 +128,7 @@ def leave_one_out_heads(
     model: nn.Module, batches: list[Mapping[str, Any]]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """For each of `batches`, the `(weight, bias)` of a head fitted to all the other scoring
-    batches (of every process); in-sample, with a warning, if there is only one.
-
-    The L2 penalty is the one of `L2_PENALTIES` whose heads predict the batches they leave out
-    best (lowest mean held-out cross-entropy): few images per class call for a strong penalty.
-    """
+    batches (of every process); in-sample, with a warning, if there is only one."""
     every, index = _in_global_order(batch_features(model, batches))
     if not every:
         raise ValueError("fit_head got no scoring batch.")
@@ -143,18 +138,12 @@ def leave_one_out_heads(
             "fit_head with a single scoring batch fits the head to the batch it scores; "
             "use num_batches >= 2 so that each batch is scored through a head fitted to the others."
         )
-        return [fit_logistic_head(*every[0], num_labels)] * len(index)
-    best_loss, best_heads = None, []
-    for l2 in L2_PENALTIES:
-        heads, held_out = [], 0.0
-        for i, (x_out, y_out) in enumerate(every):
-            x, y = (torch.cat(part) for part in zip(*(b for j, b in enumerate(every) if j != i)))
-            weight, bias = fit_logistic_head(x, y, num_labels, l2=l2)
-            heads.append((weight, bias))
-            held_out += float(F.cross_entropy(x_out @ weight.T + bias, y_out))
-        if best_loss is None or held_out < best_loss:
-            best_loss, best_heads = held_out, heads
-    return [best_heads[i] for i in index]
+    heads = []
+    for i in index:
+        others = [b for j, b in enumerate(every) if j != i] or every
+        x, y = (torch.cat(part) for part in zip(*others))
+        heads.append(fit_logistic_head(x, y, num_labels))
+    return heads
 
 
 @contextlib.contextmanager

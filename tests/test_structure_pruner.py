@@ -191,6 +191,22 @@ def test_per_layer_ranking_takes_the_same_share_from_every_block():
     # the floors hold: at most three heads from a block
     plan = select_groups(groups, scores, "heads", 0.375, total, ranking="per_layer")
     assert plan.heads == {"b0": [0], "b1": [0]}
+    # four blocks at 70%: 2.8 heads per block round down to 2, and the 3.2 heads left go by
+    # score (3 of them, to the nearest head): as many as per_kind removes, not 3 per block
+    four = [BlockGroups(f"b{i}", 4, 8, 64, 32, {}) for i in range(4)]
+    rising = torch.arange(16.0).view(4, 4)  # block i's heads score 4i .. 4i+3
+    scores = {
+        "heads": {f"b{i}": rising[i] for i in range(4)},
+        "units": {f"b{i}": torch.arange(64.0) for i in range(4)},
+    }
+    total = 4 * (4 * 1024 + 64 * 64)
+    for sparsity in (0.3, 0.5, 0.7):
+        per_kind = select_groups(four, scores, "heads+mlp", sparsity, total)
+        per_layer = select_groups(four, scores, "heads+mlp", sparsity, total, ranking="per_layer")
+        for kind in ("heads", "units"):
+            kept = [sum(map(len, plan.kept(kind).values())) for plan in (per_kind, per_layer)]
+            assert kept[0] == kept[1], (sparsity, kind)
+    assert [len(k) for k in per_layer.heads.values()] == [1, 1, 1, 2]  # the extra from b0-b2
 
 
 def test_pooled_ranking_removes_the_lowest_scores_of_either_kind():

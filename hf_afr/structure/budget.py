@@ -104,8 +104,8 @@ def select_groups(
         round_to (`int`, defaults to 1): kept units per block rounded to a multiple of this.
         ranking (`str`, defaults to `"per_kind"`): `"per_kind"` (each kind ranked on its own,
             losing the same fraction of its weights), `"per_layer"` (as `"per_kind"`, and every
-            block loses that fraction too, to the nearest group; the remainder goes to the
-            lowest-scored groups left) or `"pooled"` (one ranking of all groups by their
+            block loses that fraction too, rounded down to whole groups; the remainder goes to
+            the lowest-scored groups left) or `"pooled"` (one ranking of all groups by their
             per-weight scores, the lowest removed until the budget is reached).
 
     Raises:
@@ -181,16 +181,21 @@ def _remove_per_layer(
     share: float,
     min_units: int,
 ) -> set[tuple[str, str, int]]:
-    """As `_remove_lowest` for one kind, but every block gives the same fraction of the weights
-    its groups of that kind own (its own lowest-scored groups, to the nearest group); what the
-    rounding leaves of `share` is then taken from the lowest-scored groups of any block."""
+    """As `_remove_lowest` for one kind, but every block first gives the same fraction of the
+    weights its groups of that kind own, rounded down to whole groups (its own lowest-scored
+    ones); the rest of `share` is then taken from the lowest-scored groups of any block, so the
+    total is the one `_remove_lowest` reaches."""
     (kind,) = kinds
     fraction = share / prunable_group_weights(groups, kinds)
     removed: set[tuple[str, str, int]] = set()
+    done = 0
     for g in groups:
-        own = fraction * g.count(kind) * g.cost(kind)
-        removed |= _remove_lowest([g], scores, kinds, own, min_units)
-    done = sum(g.cost(kind) for g in groups for k, name, _ in removed if name == g.name)
+        count = min(
+            math.floor(fraction * g.count(kind) + 1e-9), g.count(kind) - _floor(g, kind, min_units)
+        )
+        order = torch.argsort(scores[kind][g.name], stable=True)[: max(count, 0)]
+        removed |= {(kind, g.name, int(i)) for i in order}
+        done += max(count, 0) * g.cost(kind)
     return removed | _remove_lowest(
         groups, scores, kinds, share - done, min_units, already=frozenset(removed)
     )

@@ -1,10 +1,12 @@
-"""How heads and MLP units are ranked against each other: per kind (hf_afr's choice) vs pooled.
+"""How heads and MLP units are ranked: per kind (hf_afr's choice), per layer or pooled.
 
 The embedded tiny ViT (`hf_afr.DEFAULT_MODEL`, 4 blocks of 4 heads and 512 units) is pruned
-with `structure="heads+mlp"` on the embedded digits task, without fine-tuning, two ways:
+with `structure="heads+mlp"` on the embedded digits task, without fine-tuning, three ways (the
+data-driven criteria scoring through fitted heads, `fit_head`, as `prune` does):
 
 - `per_kind` (`PrunerConfig(group_ranking="per_kind")`, the default): heads ranked with heads,
   units with units, each kind losing the same fraction of its weights;
+- `per_layer` (`group_ranking="per_layer"`): as `per_kind`, every block losing that fraction;
 - `pooled` (`group_ranking="pooled"`): one ranking of all groups by the same per-weight scores
   (for AFR the z-scores are taken over all groups together), the lowest removed until the
   budget is reached.
@@ -26,6 +28,7 @@ import torch
 from transformers.utils import logging
 
 from hf_afr import DEFAULT_MODEL, AFRPruner, PrunerConfig
+from hf_afr.criteria.head_fit import scoring_head
 from hf_afr.data import digits_arrays
 from hf_afr.files import atomic_write_text
 from hf_afr.structure.budget import RANKINGS, select_groups
@@ -96,8 +99,9 @@ def main(argv=None) -> str:
     for method in args.methods:
         for sparsity in args.sparsities:
             for ranking in RANKINGS:
-                config = PrunerConfig(method=method, group_ranking=ranking)
-                scores = group_scores(base, batches, config, groups)
+                config = PrunerConfig(method=method, group_ranking=ranking, structure="heads+mlp")
+                with scoring_head(base, batches, config) as scored:  # fit_head, as in prune
+                    scores = group_scores(base, scored, config, groups)
                 plan = select_groups(groups, scores, "heads+mlp", sparsity, total, ranking=ranking)
                 model = copy.deepcopy(base)
                 apply_plan(model, plan)
@@ -110,7 +114,7 @@ def main(argv=None) -> str:
                 print(rows[-1], flush=True)
     text = "\n".join(
         [
-            "# Ranking heads against units: per kind vs pooled",
+            "# Ranking heads against units: per kind, per layer, pooled",
             "",
             f"Command: `python benchmarks/structured_ranking.py {' '.join(argv or sys.argv[1:])}`",
             "",

@@ -71,13 +71,14 @@ def test_the_speed_benchmark_writes_its_table(tmp_path):
     assert ">= 1.8x" in rows[1] and ">= 3.0x" in rows[2] and ">= 1.7x" in rows[4]
 
 
-def test_the_ranking_benchmark_compares_per_kind_and_pooled(tmp_path):
+def test_the_ranking_benchmark_compares_the_three_rankings(tmp_path):
     ranking = load_script("../benchmarks/structured_ranking")
     argv = [
         "--sparsities",
         "0.5",
         "--methods",
         "magnitude",
+        "snip",
         "--train_images",
         "300",
         "--test_images",
@@ -85,6 +86,8 @@ def test_the_ranking_benchmark_compares_per_kind_and_pooled(tmp_path):
     ]
     text = ranking.main([*argv, "--output", str(tmp_path / "ranking.md")])
     rows = [line.split("|") for line in text.splitlines() if line.startswith("| magnitude")]
-    assert [row[3].strip() for row in rows] == ["per_kind", "pooled"]
+    assert [row[3].strip() for row in rows] == ["per_kind", "per_layer", "pooled"]
     assert rows[0][4].strip() == rows[0][5].strip() == "50%"  # per kind: equal fractions
     assert all(0.0 <= float(row[6]) <= 1.0 for row in rows)
+    snip = [line.split("|") for line in text.splitlines() if line.startswith("| snip")]
+    assert len(snip) == 3

@@ -46,6 +46,14 @@ def rank_and_world_size() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def end_process_group() -> None:
+    """Destroy the default process group, if one is initialized, while the interpreter is fully
+    alive: left to interpreter teardown, gloo's worker threads can abort a finished process
+    ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DDP / DataParallel / DeepSpeed / `torch.compile` wrappers (unchanged).
 

@@ -182,3 +182,17 @@ def test_two_processes_score_like_one(tmp_path):
                 assert torch.equal(scores[name], expected_scores[name]), (method, rank, name)
                 assert torch.equal(masks[name], expected_masks[name]), (method, rank, name)
                 assert torch.equal(synced[name], expected_masks[name]), (method, rank, name)
+
+
+def test_a_script_that_finishes_destroys_its_process_group_and_one_that_fails_does_not(tmp_path):
+    from hf_afr.workflow.runner import run_script
+
+    dist.init_process_group("gloo", init_method=rendezvous(tmp_path), rank=0, world_size=1)
+    try:
+        assert run_script("prog", lambda argv: (_ for _ in ()).throw(ValueError("bad")), []) == 1
+        assert dist.is_initialized()  # a failed rank leaves it to the launcher
+        assert run_script("prog", lambda argv: None, []) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

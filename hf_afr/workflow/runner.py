@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..cli_errors import debug_requested, run_reporting_errors
+from ..distributed import end_process_group
 from .outputs import forget_outputs, remove_empty_outputs
 
 
@@ -18,7 +19,8 @@ def run_script(
 ) -> int:
     """Call `main(argv)` (without `--debug`); print a failure as one line, return the exit code.
 
-    After a failure, the output folders the run created and left empty are removed.
+    After a failure, the output folders the run created and left empty are removed. After a
+    successful distributed run (`torchrun`, `accelerate launch`), the process group is destroyed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
@@ -36,4 +38,5 @@ def run_script(
         remove_empty_outputs()
         raise
     forget_outputs()
+    end_process_group()
     return 0

@@ -40,15 +40,10 @@ from hf_afr.inference.convert import run_model
 from hf_afr.inference.timing import inference_call, time_side_by_side
 from hf_afr.masks import select_masks
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vit_shapes import SHAPES  # noqa: E402
+
 MAIN_JOB_OUTPUT = "outputs/tiny-vit-glyphs-afr90-digits"
-SHAPES = {
-    "full": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
-                 num_attention_heads=12, intermediate_size=3072),
-    "quick": dict(image_size=64, patch_size=16, hidden_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, intermediate_size=512),
-}  # fmt: skip
-
-
 SECTIONS = ("vit", "main", "criteria")
 MAIN_MIN_TIME = 0.25  # seconds per measurement of the main job's batch (several calls)
 

@@ -35,12 +35,9 @@ from hf_afr import AFRPruner, PrunerConfig
 from hf_afr.export import check_onnx, export_model_onnx, onnx_session
 from hf_afr.inference.timing import time_side_by_side
 
-SHAPES = {
-    "full": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
-                 num_attention_heads=12, intermediate_size=3072),
-    "quick": dict(image_size=64, patch_size=16, hidden_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, intermediate_size=512),
-}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vit_shapes import SHAPES  # noqa: E402
+
 VARIANTS = ("pytorch dense", "pytorch structured", "ort dense", "ort structured")
 
 

@@ -378,6 +378,22 @@ def read_runs(saved: Path, partial: Path, key) -> tuple[list[dict], float | None
     return list(runs.values()), wall
 
 
+def run_pending(run, jobs: list[dict], workers: int, partial: Path, ordered: bool = False):
+    """Yield `run(job)` for every job, in `workers` spawned processes when more than one (in
+    plan order if `ordered`), appending each finished run to `partial` as one JSON line first:
+    what `read_runs` picks up after an interruption."""
+    pool = mp.get_context("spawn").Pool(workers) if workers > 1 and jobs else None
+    try:
+        mapped = (pool.imap if ordered else pool.imap_unordered) if pool else map
+        for r in mapped(run, jobs):
+            with partial.open("a") as f:
+                f.write(json.dumps(r, default=float) + "\n")
+            yield r
+    finally:
+        if pool:
+            pool.terminate()
+
+
 def _finished_runs(out: Path) -> tuple[list[dict], float | None]:
     """Runs done in `out` (results.json and results.partial.jsonl) and the grid's wall time."""
     return read_runs(out / "results.json", out / "results.partial.jsonl", _job_key)
@@ -406,21 +422,14 @@ def main(argv=None) -> list[dict]:
         flush=True,
     )
     start = time.perf_counter()
-    pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
-    try:
-        for r in pool.imap_unordered(run_job, todo) if pool else map(run_job, todo):
-            results.append(r)
-            with partial.open("a") as f:  # one line per finished run: --resume picks up here
-                f.write(json.dumps(r, default=float) + "\n")
-            print(
-                f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} "
-                f"{replicate_report.label(r)} {r['sparsity']:.0%}: "
-                f"{100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
-                flush=True,
-            )
-    finally:
-        if pool:
-            pool.terminate()
+    for r in run_pending(run_job, todo, args.workers, partial):
+        results.append(r)
+        print(
+            f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} "
+            f"{replicate_report.label(r)} {r['sparsity']:.0%}: "
+            f"{100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
+            flush=True,
+        )
     planned = {_job_key(job) for job in jobs}
     results = [r for r in results if _job_key(r) in planned]
     results.sort(key=_sort_key)

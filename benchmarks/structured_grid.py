@@ -35,7 +35,6 @@ import copy
 import functools
 import json
 import math
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -351,20 +350,13 @@ def main(argv=None, run=run_job) -> list[dict]:
     todo = [job for job in jobs if _job_key(job) not in done]
     print(f"{len(jobs)} runs on {args.workers} worker(s), {len(jobs) - len(todo)} done", flush=True)
     start = time.perf_counter()
-    pool = mp.get_context("spawn").Pool(args.workers) if args.workers > 1 and todo else None
-    try:
-        for r in pool.imap(run, todo) if pool else map(run, todo):
-            results.append(r)
-            with partial.open("a") as f:  # one line per finished run: --resume picks up here
-                f.write(json.dumps(r, default=float) + "\n")
-            print(
-                f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} {r['method']} "
-                f"{r['sparsity']:.0%}: {100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
-                flush=True,
-            )
-    finally:
-        if pool:
-            pool.terminate()
+    for r in replicate.run_pending(run, todo, args.workers, partial, ordered=True):
+        results.append(r)
+        print(
+            f"[{len(results)}/{len(jobs)}] {r['task']} seed {r['seed']} {r['method']} "
+            f"{r['sparsity']:.0%}: {100 * r['accuracy']:.1f}% ({r['seconds']:.0f}s)",
+            flush=True,
+        )
     timing = {"wall_seconds": time.perf_counter() - start, "wall_seconds_earlier": earlier_wall}
     return save(results, jobs, args, out, timing | {"resumed": len(jobs) - len(todo)})
 

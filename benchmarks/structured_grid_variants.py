@@ -58,12 +58,13 @@ def table(variants: dict[tuple[str, bool], dict[tuple, float]]) -> str:
     order = sorted(variants, key=lambda v: (RANKINGS.index(v[0]), not v[1]))
     for ranking, fitted in order:
         runs = variants[(ranking, fitted)]
-        cells = [(t, s, p) for (t, s, m, p) in runs if m == "afr"]
-        full = [c for c in cells if all((c[0], c[1], m, c[2]) in runs for m in COMPARED)]
+        afr = [(t, s, p) for (t, s, m, p) in runs if m == "afr"]
+        full = [c for c in afr if all((c[0], c[1], m, c[2]) in runs for m in COMPARED)]
         if not full:
             continue
         mean = {m: 100 * sum(runs[(t, s, m, p)] for t, s, p in full) / len(full) for m in COMPARED}
-        common = {k: v for k, v in runs.items() if (k[0], k[1], k[3]) in set(full)}
+        cells = set(full)
+        common = {k: v for k, v in runs.items() if (k[0], k[1], k[3]) in cells}
         vs = {b: paired(common, b) for b in ("magnitude", "snip")}
         lines.append(
             f"| {ranking} | {'fitted' if fitted else 'new, random'} | {len(full)} "

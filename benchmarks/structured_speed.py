@@ -36,12 +36,9 @@ from hf_afr.files import atomic_write_text
 from hf_afr.inference.timing import time_side_by_side
 from hf_afr.structure import layer_widths
 
-SHAPES = {
-    "full": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
-                 num_attention_heads=12, intermediate_size=3072),
-    "quick": dict(image_size=64, patch_size=16, hidden_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, intermediate_size=512),
-}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vit_shapes import SHAPES  # noqa: E402
+
 TARGETS = {0.5: 1.8, 0.75: 3.0}  # inference speed-up targets; fine-tuning step at 50%: 1.7
 STEP_TARGET = 1.7
 

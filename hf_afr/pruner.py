@@ -206,8 +206,7 @@ class AFRPruner:
                 "This model was already pruned structurally; load the dense checkpoint to prune "
                 "it again, or prune individual weights with a config without `structure`."
             )
-        needs_data = self.config.method not in ("magnitude", "random")
-        batches = self._scoring_batches(batches, needs_data, show_progress)
+        batches = self._scoring_batches(batches, self.config.needs_data, show_progress)
         total = sum(p.numel() for p in self.params.values())
         prune_structure(self.model, batches, self.config, total)
         self.params = find_prunable_parameters(self.model, self.config)

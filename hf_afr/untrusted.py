@@ -72,6 +72,16 @@ def json_depth(text: str) -> int:
     return int(np.cumsum(steps).max()) if len(steps) else 0
 
 
+def decode_utf8(data: bytes, path: str | os.PathLike, field: str | None = None) -> str:
+    """`data` decoded as UTF-8, or a `CheckpointError` naming the first invalid byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(
+            path, field, f"is not UTF-8 text (invalid byte at offset {err.start})."
+        ) from None
+
+
 def parse_json(
     text: str | bytes,
     path: str | os.PathLike,
@@ -90,12 +100,7 @@ def parse_json(
             path, field, f"holds {len(text)} bytes of JSON, more than the {max_bytes} accepted."
         )
     if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise CheckpointError(
-                path, field, f"is not UTF-8 text (invalid byte at offset {err.start})."
-            ) from None
+        text = decode_utf8(text, path, field)
     depth = json_depth(text)
     if depth > max_depth:
         raise CheckpointError(

@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from ..config import CONTROLS, PrunerConfig
 from ..files import atomic_path, atomic_write_text
 from ..report import SparsityReport
-from ..untrusted import MAX_JSON_DEPTH, CheckpointError, json_depth
+from ..untrusted import MAX_JSON_DEPTH, CheckpointError, decode_utf8, json_depth
 from ..version import __version__
 from .card_data import PrunedCardData
 from .formats import DENSITY_PLOT_NAME, MODEL_CARD_NAME, check_format, weights_file
@@ -247,12 +247,7 @@ def load_card(path: str | os.PathLike) -> ModelCard:
         data = f.read(MAX_CARD_BYTES + 1)
     if len(data) > MAX_CARD_BYTES:
         raise CheckpointError(path, None, f"is larger than the {MAX_CARD_BYTES} bytes accepted.")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CheckpointError(
-            path, None, f"is not UTF-8 text (invalid byte at offset {err.start})."
-        ) from None
+    text = decode_utf8(data, path)
     head = text.split("\n---", 1)[0] if text.startswith("---") else ""
     if json_depth(head) > MAX_JSON_DEPTH or _indent_depth(head) > MAX_JSON_DEPTH:
         raise CheckpointError(path, "metadata", "nests too deep to be read.")

@@ -98,11 +98,10 @@ def _per_weight(scores: GroupScores, groups: list[BlockGroups], power: float = 1
     return _map(scores, lambda kind, name, s: s.abs() / float(cost[name].cost(kind)) ** power)
 
 
-def _zscores(scores: torch.Tensor, over: torch.Tensor) -> torch.Tensor:
-    """`scores` standardised by the mean and population std of `over` (std 0: divided by 1)."""
-    mean, std = over.double().mean(), over.double().std(unbiased=False)
-    std = std if std > 0 else torch.ones_like(std)
-    return ((scores.double() - mean) / std).float()
+def _moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std of `values` in float64 (a zero std becomes 1)."""
+    mean, std = values.double().mean(), values.double().std(unbiased=False)
+    return mean, std if std > 0 else torch.ones_like(std)
 
 
 def zscore_groups(scores: GroupScores, ranking: str = "per_kind") -> GroupScores:
@@ -110,13 +109,16 @@ def zscore_groups(scores: GroupScores, ranking: str = "per_kind") -> GroupScores
     groups of a kind (`"per_kind"`), a kind's groups in one block (`"per_layer"`), or all
     groups together (`"pooled"`)."""
     every = torch.cat([s for per in scores.values() for s in per.values()])
+    pooled = _moments(every) if ranking == "pooled" else None
     result: GroupScores = {}
     for kind, per in scores.items():
-        of_kind = torch.cat(list(per.values())) if per else every
-        result[kind] = {
-            name: _zscores(s, {"pooled": every, "per_layer": s}.get(ranking, of_kind))
-            for name, s in per.items()
-        }
+        shared = pooled
+        if ranking == "per_kind" and per:
+            shared = _moments(torch.cat(list(per.values())))  # per_layer: each block's own
+        result[kind] = {}
+        for name, s in per.items():
+            mean, std = shared or _moments(s)
+            result[kind][name] = ((s.double() - mean) / std).float()
     return result
 
 

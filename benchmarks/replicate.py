@@ -287,9 +287,19 @@ def plan(args) -> list[dict]:
     return jobs
 
 
-def parse_args(argv=None):
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, scoring and fine-tuning recipe every grid of these tasks shares."""
     from hf_afr import DEFAULT_MODEL
 
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="pretrained ViT to prune")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--num_batches", type=int, default=4, help="scoring batches")
+    p.add_argument("--scoring_batch_size", type=int, default=32)
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="digits, seed 0, 98%%, 8 runs")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
@@ -307,12 +317,7 @@ def parse_args(argv=None):
         "--ablation", action="store_true",
         help="also run refer and afr with token-mean features (main part)",
     )  # fmt: skip
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="pretrained ViT to prune")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--num_batches", type=int, default=4, help="scoring batches")
-    p.add_argument("--scoring_batch_size", type=int, default=32)
+    add_recipe_arguments(p)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     p.add_argument(

@@ -269,20 +269,13 @@ def plan(args) -> list[dict]:
 
 
 def parse_args(argv=None):
-    from hf_afr import DEFAULT_MODEL
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=("full", "toy"), default="full")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="pretrained ViT to prune")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--num_batches", type=int, default=4, help="scoring batches")
-    p.add_argument("--scoring_batch_size", type=int, default=32)
+    replicate.add_recipe_arguments(p)
     p.add_argument("--train_limit", type=int, default=None, help="first N train/test images")
     p.add_argument("--latency_batch", type=int, default=64, help="images per timed call")
     p.add_argument("--latency_rounds", type=int, default=5, help="side-by-side timing rounds")

@@ -54,13 +54,17 @@ STRUCTURE = "heads+mlp"
 MAX_UNSTRUCTURED = 0.995  # the densest-shrinking unstructured sparsity tried
 NAME = "structured_grid"
 RANKINGS = ("per_kind", "per_layer", "pooled")
+FEATURE_TOKENS = ("auto", "cls", "mean", "patch_mean", "cls_patch_mean")
 # What identifies a run (a result holds these fields and its measurements).
 JOB_FIELDS = (
     "epochs", "batch_size", "lr", "num_batches", "scoring_batch_size", "train_limit", "task",
-    "seed", "method", "sparsity", "group_ranking", "fit_head",
+    "seed", "method", "sparsity", "group_ranking", "fit_head", "feature_token", "rounds",
 )  # fmt: skip
-# What runs saved before a field existed did (they scored through the model's random head).
-DEFAULTS = {"group_ranking": "per_kind", "fit_head": False}
+# What runs saved before a field existed did (they scored through the model's random head and
+# read ReFer's features from the CLS token).
+DEFAULTS = {"group_ranking": "per_kind", "fit_head": False, "feature_token": "cls", "rounds": 1}
+FEATURE_METHODS = ("afr", "refer", UNSTRUCTURED)  # read ReFer's features (the unstructured run
+# times its model against structured AFR's)
 
 
 @functools.cache
@@ -125,6 +129,8 @@ def _structured_model(job: dict, method: str, base: torch.nn.Module, batches) ->
         structure=STRUCTURE,
         group_ranking=job["group_ranking"],
         fit_head=job["fit_head"],
+        feature_token=job["feature_token"],
+        rounds=job["rounds"],
     )
     pruner = AFRPruner(base, config)
     pruner.prune(batches, show_progress=False)
@@ -249,6 +255,7 @@ def plan(args) -> list[dict]:
         "train_limit": args.train_limit, "latency_batch": args.latency_batch,
         "latency_rounds": args.latency_rounds, "bisection_steps": args.bisection_steps,
         "group_ranking": args.group_ranking, "fit_head": False if args.no_fit_head else None,
+        "feature_token": args.feature_token, "rounds": args.rounds,
     }  # fmt: skip
     jobs = []
     for seed in args.seeds:
@@ -282,6 +289,8 @@ def parse_args(argv=None):
     p.add_argument("--bisection_steps", type=int, default=6, help="latency-matching steps")
     p.add_argument("--group_ranking", default="per_kind", choices=RANKINGS)  # own result files
     p.add_argument("--no_fit_head", action="store_true", help="PrunerConfig(fit_head=False)")
+    p.add_argument("--feature_token", default="auto", choices=FEATURE_TOKENS, help="ReFer/AFR")
+    p.add_argument("--rounds", type=int, default=1, help="PrunerConfig(rounds=...)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
     p.add_argument("--resume", action="store_true", help="only the runs not done yet")
@@ -297,14 +306,25 @@ def parse_args(argv=None):
 
 
 def _job_key(run: dict) -> str:
-    return json.dumps([run.get(k, DEFAULTS.get(k)) for k in JOB_FIELDS])
+    def value(field: str):
+        if field == "feature_token" and run["method"] not in FEATURE_METHODS:
+            return None  # the feature token changes nothing else: those runs serve every token
+        return run.get(field, DEFAULTS.get(field))
+
+    return json.dumps([value(k) for k in JOB_FIELDS])
 
 
 def result_name(args) -> str:
-    """The stem of the result files: `structured_grid[-RANKING][-no_fit_head]` (no suffix for
-    the default `per_kind` ranking and fitted head)."""
-    ranking = "" if args.group_ranking == "per_kind" else f"-{args.group_ranking}"
-    return f"{NAME}{ranking}{'-no_fit_head' if args.no_fit_head else ''}"
+    """The stem of the result files: `structured_grid` for hf_afr's defaults, with a suffix per
+    other choice (`-per_layer`, `-no_fit_head`, `-mean`, `-rounds3`, `-batches8`)."""
+    suffixes = [
+        f"-{args.group_ranking}" if args.group_ranking != "per_kind" else "",
+        "-no_fit_head" if args.no_fit_head else "",
+        f"-{args.feature_token}" if args.feature_token != "auto" else "",
+        f"-rounds{args.rounds}" if args.rounds != 1 else "",
+        f"-batches{args.num_batches}" if args.num_batches != 4 else "",
+    ]
+    return NAME + "".join(suffixes)
 
 
 def finished_runs(out: Path, name: str = NAME) -> tuple[list[dict], float | None]:

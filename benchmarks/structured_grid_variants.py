@@ -1,11 +1,12 @@
-"""The structured grid's scoring variants side by side: group ranking x head scored through.
+"""The structured grid's scoring variants side by side: ranking, head, features, rounds, batches.
 
 `benchmarks/structured_grid.py` writes one result file per variant (`structured_grid.json`,
 `structured_grid-per_layer.json`, `structured_grid-no_fit_head.json`, ...). This script reads
 every one in `--results_dir` and tabulates, per variant, the mean accuracy of structured AFR,
 SNIP and magnitude and AFR's paired wins against the other two (the goal of the grid). Runs are
-paired by (task, seed, sparsity). Magnitude reads neither the loss nor the head, so its runs of a
-ranking serve both head variants of that ranking.
+paired by (task, seed, sparsity), each baseline's runs taken from the variant that made the choices
+it depends on (`CHOICES`: magnitude's runs of a ranking and rounds serve every head, feature token
+and batch count).
 
     python benchmarks/structured_grid_variants.py   # writes structured_grid_variants.md
 """
@@ -17,24 +18,48 @@ import json
 from pathlib import Path
 
 RANKINGS = ("per_kind", "per_layer", "pooled")
-LOSS_METHODS = ("afr", "snip", "fisher")  # scored through the head: fit_head applies
 COMPARED = ("afr", "snip", "magnitude")
+# A variant's choices, their defaults (runs saved before a choice existed made the default one),
+# and the methods each choice changes: magnitude reads neither the loss, the head, the features
+# nor the batches, so its runs of a ranking and rounds serve every other choice.
+CHOICES = {
+    "group_ranking": ("per_kind", ("afr", "snip", "magnitude")),
+    "fit_head": (False, ("afr", "snip")),
+    "feature_token": ("cls", ("afr",)),
+    "rounds": (1, ("afr", "snip", "magnitude")),
+    "num_batches": (4, ("afr", "snip")),
+}
 
 
-def variant_runs(results_dir: Path) -> dict[tuple[str, bool], dict[tuple, float]]:
-    """Accuracy by (task, seed, method, sparsity) for every (ranking, head fitted) variant."""
-    variants: dict[tuple[str, bool], dict[tuple, float]] = {}
-    for path in sorted(results_dir.glob("structured_grid*.json")):
-        for run in json.loads(path.read_text())["runs"]:
-            method = run["method"]
-            if method not in COMPARED:
-                continue
-            ranking = run.get("group_ranking", "per_kind")
-            key = (run["task"], run["seed"], method, run["sparsity"])
-            fitted = run.get("fit_head", False) is not False
-            heads = (fitted,) if method in LOSS_METHODS else (False, True)
-            for head in heads:
-                variants.setdefault((ranking, head), {})[key] = run["accuracy"]
+def _choice(run: dict, name: str):
+    value = run.get(name, CHOICES[name][0])
+    if name == "feature_token" and value == "auto":
+        return "mean"  # hf_afr's structured default on a ViT: the mean over all tokens
+    return value is not False if name == "fit_head" else value  # None (auto) = fitted
+
+
+def variant_runs(results_dir: Path) -> dict[tuple, dict[tuple, float]]:
+    """Accuracy by (task, seed, method, sparsity) for every variant (one value per choice of
+    `CHOICES`) in which structured AFR ran, with the snip and magnitude runs that share the
+    choices each of them depends on."""
+    runs = [
+        run
+        for path in sorted(results_dir.glob("structured_grid*.json"))
+        for run in json.loads(path.read_text())["runs"]
+        if run["method"] in COMPARED
+    ]
+    variants: dict[tuple, dict[tuple, float]] = {}
+    for key in {tuple(_choice(r, c) for c in CHOICES) for r in runs if r["method"] == "afr"}:
+        wanted = dict(zip(CHOICES, key))
+        variants[key] = {
+            (r["task"], r["seed"], r["method"], r["sparsity"]): r["accuracy"]
+            for r in runs
+            if all(
+                _choice(r, c) == wanted[c]
+                for c, (_, methods) in CHOICES.items()
+                if r["method"] in methods
+            )
+        }
     return variants
 
 
@@ -49,15 +74,18 @@ def paired(runs: dict[tuple, float], baseline: str) -> tuple[int, int, float]:
     return wins, len(diffs), 100 * sum(diffs) / max(len(diffs), 1)
 
 
-def table(variants: dict[tuple[str, bool], dict[tuple, float]]) -> str:
+def table(variants: dict[tuple, dict[tuple, float]]) -> str:
     lines = [
-        "| group ranking | head scored through | runs | afr | snip | magnitude "
-        "| afr vs magnitude | afr vs snip |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| group ranking | head scored through | feature token | rounds | scoring batches "
+        "| runs | afr | snip | magnitude | afr vs magnitude | afr vs snip |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = sorted(variants, key=lambda v: (RANKINGS.index(v[0]), not v[1]))
-    for ranking, fitted in order:
-        runs = variants[(ranking, fitted)]
+    order = sorted(
+        variants, key=lambda v: (RANKINGS.index(v[0]), not v[1], v[2] != "mean", v[3], v[4])
+    )
+    for key in order:
+        ranking, fitted, token, rounds, num_batches = key
+        runs = variants[key]
         afr = [(t, s, p) for (t, s, m, p) in runs if m == "afr"]
         full = [c for c in afr if all((c[0], c[1], m, c[2]) in runs for m in COMPARED)]
         if not full:
@@ -67,7 +95,8 @@ def table(variants: dict[tuple[str, bool], dict[tuple, float]]) -> str:
         common = {k: v for k, v in runs.items() if (k[0], k[1], k[3]) in cells}
         vs = {b: paired(common, b) for b in ("magnitude", "snip")}
         lines.append(
-            f"| {ranking} | {'fitted' if fitted else 'new, random'} | {len(full)} "
+            f"| {ranking} | {'fitted' if fitted else 'new, random'} | {token} | {rounds} "
+            f"| {num_batches} | {len(full)} "
             + "".join(f"| {mean[m]:.1f} " for m in COMPARED)
             + "".join(f"| {w}/{n} ({d:+.1f}) " for w, n, d in vs.values())
             + "|"

@@ -93,7 +93,8 @@ class PrunerConfig:
             "help": "ReFer/AFR: the per-sample feature of a layer's output h. 'auto': what the "
             "family's classification head reads (the CLS token for ViT and DeiT, the patch mean "
             "for CLIP and BEiT, the token mean for SigLIP, I-JEPA and Swin, CLS + patch mean "
-            "for DINOv2; recorded as the concrete choice when a pruner is built); 'cls': the "
+            "for DINOv2; with a `structure`, the mean over all tokens where the head reads the CLS "
+            "token alone; recorded as the concrete choice when a pruner is built); 'cls': the "
             "CLS token h[:, 0, :]; 'mean': the mean over all tokens; 'patch_mean': the mean "
             "over the patch tokens (without CLS, distillation and register tokens); "
             "'cls_patch_mean': the CLS token concatenated with the patch mean."
@@ -192,6 +193,14 @@ class PrunerConfig:
             "AFR's z-scores are taken over the groups that compete."
         },
     )
+    rounds: int = field(
+        default=1,
+        metadata={
+            "help": "Structured pruning: remove the groups in this many rounds, each scoring "
+            "what the previous rounds left (the density falls geometrically to 1 - sparsity, "
+            "as in SNIP-it and FORCE); 1: one shot. Costs one scoring pass per round."
+        },
+    )
     fit_head: bool | None = field(
         default=None,
         metadata={
@@ -253,7 +262,7 @@ class PrunerConfig:
                 raise ValueError(f"`{name}` must be a list of strings, got {value!r}.")
 
     def _check_structure(self) -> None:
-        for name in ("min_units", "round_to"):
+        for name in ("min_units", "round_to", "rounds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
@@ -261,6 +270,11 @@ class PrunerConfig:
         if self.fit_head is not None and not isinstance(self.fit_head, bool):
             raise ValueError(f"`fit_head` must be True, False or None, got {self.fit_head!r}.")
         if self.structure is None:
+            if self.rounds != 1:
+                raise ValueError(
+                    f"`rounds` ({self.rounds}) applies to structured pruning; set `structure` "
+                    "or leave `rounds` at 1."
+                )
             return
         _check_choice("structure", self.structure, STRUCTURES)
         if self.method not in GROUP_METHODS:

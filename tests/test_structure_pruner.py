@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
@@ -66,6 +68,10 @@ def test_structure_options_are_validated():
         PrunerConfig(structure="mlp", pattern="2:4")
     with pytest.raises(ValueError, match="`min_units` must be an integer >= 1"):
         PrunerConfig(min_units=0)
+    with pytest.raises(ValueError, match="`rounds` must be an integer >= 1"):
+        PrunerConfig(structure="mlp", rounds=0)
+    with pytest.raises(ValueError, match="`rounds` \\(3\\) applies to structured pruning"):
+        PrunerConfig(rounds=3)
 
 
 def test_an_unreachable_budget_is_refused_before_any_scoring_batch_is_read():
@@ -224,3 +230,39 @@ def test_pooled_ranking_removes_the_lowest_scores_of_either_kind():
         select_groups(groups, scores, "mlp", 0.1, total, ranking="global")
     with pytest.raises(ValueError, match="`group_ranking` must be one of"):
         PrunerConfig(group_ranking="global")
+
+
+@pytest.mark.parametrize("method", ["afr", "snip"])
+def test_rounds_rescore_what_the_previous_rounds_left(method):
+    """Two rounds equal two one-shot prunings of the same batches, the second of the smaller
+    model to the rest of the budget; the plan indexes the dense model."""
+    from hf_afr.structure.groups import block_groups, prunable_group_weights
+    from hf_afr.structure.prune import prune_structure
+
+    dense = tiny_classifier("vit", num_attention_heads=4)
+    batches = tiny_batches(n_batches=2)
+    kinds = ("heads", "units")
+    total = prunable_group_weights(block_groups(dense), kinds)
+    config = PrunerConfig(method=method, structure="heads+mlp", sparsity=0.6, rounds=2)
+
+    model = copy.deepcopy(dense)
+    plan = prune_structure(model, iter(batches), config, total)  # read once, scored twice
+
+    by_hand = copy.deepcopy(dense)
+    once = dataclasses.replace(config, rounds=1, sparsity=1 - 0.4**0.5)
+    first = prune_structure(by_hand, batches, once, total)
+    removed = total - prunable_group_weights(block_groups(by_hand), kinds)
+    rest = dataclasses.replace(once, sparsity=(0.6 * total - removed) / total)
+    second = prune_structure(by_hand, batches, rest, total)
+    assert by_hand.config.layer_intermediate_sizes == model.config.layer_intermediate_sizes
+    for name, p in by_hand.named_parameters():
+        torch.testing.assert_close(model.get_parameter(name), p, rtol=0, atol=0)
+    for kind in kinds:
+        for block, index in second.kept(kind).items():
+            assert plan.kept(kind)[block] == [first.kept(kind)[block][i] for i in index]
+    # the plan's indices are the dense model's: each block's fc1 keeps the dense rows
+    for block, units in plan.units.items():
+        fc1 = next(n for n, m in dense.get_submodule(block).named_modules() if n.endswith("fc1"))
+        dense_rows = dense.get_submodule(f"{block}.{fc1}").weight[units]
+        torch.testing.assert_close(model.get_submodule(f"{block}.{fc1}").weight, dense_rows)
+    assert abs(1 - prunable_group_weights(block_groups(model), kinds) / total - 0.6) < 0.05

@@ -165,17 +165,20 @@ def test_variants_pair_afr_with_magnitude_of_the_same_ranking_and_snip_of_the_sa
             }
         )  # fmt: skip
     )
+    fitted, mean = {"fit_head": None}, {"fit_head": None, "feature_token": "auto"}
     (tmp_path / "structured_grid.json").write_text(  # afr and snip through a fitted head
-        json.dumps(
-            {
-                "runs": runs(
-                    afr=((0.8, 0.8), {"fit_head": None}), snip=((0.9, 0.7), {"fit_head": None})
-                )
-            }
-        )  # fmt: skip
+        json.dumps({"runs": runs(afr=((0.8, 0.8), mean), snip=((0.9, 0.7), fitted))})
+    )
+    (tmp_path / "structured_grid-cls.json").write_text(  # afr read the CLS token (the default)
+        json.dumps({"runs": runs(afr=((0.6, 0.9), fitted))})
     )
     text = variants.main(["--results_dir", str(tmp_path)])
-    # fitted: afr 80/80 against magnitude 70/70 (the random-head file's) and snip 90/70
-    assert "| per_kind | fitted | 2 | 80.0 | 80.0 | 70.0 | 2/2 (+10.0) | 1/2 (+0.0) |" in text
-    assert "| per_kind | new, random | 2 | 70.0 | 60.0 | 70.0 | 1/2 (+0.0) | 1/2 (+10.0) |" in text
+    # fitted: afr 80/80 against magnitude 70/70 (the random-head file's) and snip 90/70; snip
+    # reads no features: its runs serve both feature tokens
+    row = "| per_kind | fitted | mean | 1 | 4 | 2 | 80.0 | 80.0 | 70.0 | 2/2 (+10.0) | 1/2 (+0.0) |"
+    assert row in text
+    row = "| per_kind | fitted | cls | 1 | 4 | 2 | 75.0 | 80.0 | 70.0 | 1/2 (+5.0) | 1/2 (-5.0) |"
+    assert row in text
+    row = "| per_kind | new, random | cls | 1 | 4 | 2 | 70.0 | 60.0 | 70.0 | 1/2 (+0.0) | 1/2 (+10.0) |"
+    assert row in text
     assert (tmp_path / "structured_grid_variants.md").read_text() == text

@@ -171,7 +171,7 @@ def layer_features(
         model_config: the model's config; its family (`hf_afr.architectures`) says which
             tokens are patches and what `feature_token="auto"` reads.
     """
-    read = feature_reader(model_config, config.feature_token)
+    read = feature_reader(model_config, config.feature_token, config.structure is not None)
     states = hidden_states[1:] if config.feature_layers == "encoder" else hidden_states
     return [read(h) for h in states]
 

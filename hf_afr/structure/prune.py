@@ -11,7 +11,7 @@ from torch import nn
 from ..config import PrunerConfig
 from ..criteria.head_fit import scoring_head
 from .budget import StructurePlan, check_budget, select_groups
-from .groups import block_groups, model_layout
+from .groups import block_groups, model_layout, prunable_group_weights
 from .report import HEADS_KEY, UNITS_KEY
 from .scores import group_scores
 from .slicing import keep_heads, keep_units, layer_widths, transformer_layers
@@ -46,10 +46,16 @@ def prune_structure(
 ) -> StructurePlan:
     """Score every head and MLP unit, keep the best under the budget, and slice the rest away.
 
+    With `config.rounds > 1` this is done in rounds (SNIP-it, Verdenius et al., 2020; FORCE,
+    de Jorge et al., ICLR 2021): the density falls geometrically, `(1 - sparsity) ** (r / R)`
+    after round r of R, and each round scores the groups left in the model the previous round
+    made smaller, on the same batches, so a group's score reflects the groups that stay.
+
     Args:
         model (`nn.Module`): a transformers classifier of a supported family (changed in place).
         batches: the scoring batches (already limited to `config.num_batches`).
-        config (`PrunerConfig`): `structure`, `method`, `sparsity`, `min_units`, `round_to`.
+        config (`PrunerConfig`): `structure`, `method`, `sparsity`, `rounds`, `min_units`,
+            `round_to`, `group_ranking`.
         total_weights (`int`): the prunable weights `config.sparsity` is a fraction of.
 
     Returns:
@@ -58,20 +64,35 @@ def prune_structure(
     _check_shared_tables(model, config.structure)
     groups = block_groups(model)
     check_budget(groups, config.structure, config.sparsity, total_weights, config.min_units)
-    with scoring_head(model, batches, config) as batches:
-        scores = group_scores(model, batches, config, groups)
-    plan = select_groups(
-        groups,
-        scores,
-        config.structure,
-        config.sparsity,
-        total_weights,
-        min_units=config.min_units,
-        round_to=config.round_to,
-        ranking=config.group_ranking,
+    if config.rounds > 1 and batches is not None:
+        batches = list(batches)  # read once, scored every round
+    kinds = ("heads", "units")
+    dense = prunable_group_weights(groups, kinds)
+    kept = StructurePlan(
+        heads={g.name: list(range(g.heads)) for g in groups},
+        units={g.name: list(range(g.units)) for g in groups},
     )
-    apply_plan(model, plan)
-    return plan
+    for r in range(1, config.rounds + 1):
+        groups = block_groups(model)
+        removed = dense - prunable_group_weights(groups, kinds)
+        goal = 1.0 - (1.0 - config.sparsity) ** (r / config.rounds)
+        with scoring_head(model, batches, config) as scoring_batches:
+            scores = group_scores(model, scoring_batches, config, groups)
+        plan = select_groups(
+            groups,
+            scores,
+            config.structure,
+            max(goal * total_weights - removed, 0.0) / total_weights,
+            total_weights,
+            min_units=config.min_units,
+            round_to=config.round_to if r == config.rounds else 1,
+            ranking=config.group_ranking,
+        )
+        apply_plan(model, plan)
+        for kind in kinds:
+            for name, index in plan.kept(kind).items():
+                kept.kept(kind)[name] = [kept.kept(kind)[name][i] for i in index]
+    return kept
 
 
 @torch.no_grad()

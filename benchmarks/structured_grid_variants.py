@@ -109,6 +109,8 @@ def main(argv=None) -> str:
     p.add_argument("--results_dir", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
     results = Path(args.results_dir)
+    if not any(results.glob("structured_grid*.json")):
+        p.error(f"no structured_grid*.json in {results}: run benchmarks/structured_grid.py first")
     text = (
         "# Structured grid: scoring variants side by side\n\n"
         "`python benchmarks/structured_grid_variants.py`: every `structured_grid*.json` in "

@@ -124,6 +124,7 @@ def test_prune_leaves_a_smaller_trainable_model_that_saves_and_reloads(family, t
     assert saved["structure"] == "heads+mlp" and saved["min_units"] == 1
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## Structure" in card and "structurally pruned" in card and "MACs per image" in card
+    assert "Each attention head and MLP hidden unit is scored" in card and "Each weight" not in card
     reloaded = AFRPruner.from_pretrained(tmp_path / "out")
     assert type(reloaded.model) is type(model) and reloaded.config.structure == "heads+mlp"
     x = tiny_batches(n_batches=1, seed=5)[0]["pixel_values"]
@@ -266,3 +267,10 @@ def test_rounds_rescore_what_the_previous_rounds_left(method):
         dense_rows = dense.get_submodule(f"{block}.{fc1}").weight[units]
         torch.testing.assert_close(model.get_submodule(f"{block}.{fc1}").weight, dense_rows)
     assert abs(1 - prunable_group_weights(block_groups(model), kinds) / total - 0.6) < 0.05
+
+
+def test_the_card_describes_every_group_criterion():
+    from hf_afr.checkpoint.card import GROUP_DESCRIPTIONS
+    from hf_afr.config import GROUP_METHODS
+
+    assert set(GROUP_DESCRIPTIONS) == set(GROUP_METHODS)

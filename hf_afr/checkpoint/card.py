@@ -68,6 +68,17 @@ METHODS = {
     "random": ("random pruning", "Weights are pruned uniformly at random (a baseline)."),
 }
 
+# With a structure, whole heads and MLP units are scored (docs/structured.md).
+GROUP_DESCRIPTIONS = {
+    "afr": "the z-scored ReFer score (how much the group keeps the pretrained feature "
+    "representations) plus the z-scored SNIP score (how much it moves the downstream loss)",
+    "refer": "its effect on the mean singular value of every layer's feature matrix",
+    "snip": "|dL/dc| on the downstream loss",
+    "fisher": "the squared loss derivative of its gate, summed over the scoring batches",
+    "magnitude": "the L2 norm of the weights it owns",
+    "random": "a random number (a baseline)",
+}
+
 _SCRIPT_HINT = (
     "# Scoring needs batches of {'pixel_values', 'labels'} from the downstream training set."
 )
@@ -124,6 +135,12 @@ def create_model_card(
     model_name = model_name or "pruned-model"
     method = pruner_config.method
     title, description = METHODS.get(method, (method, ""))
+    if pruner_config.structure is not None and method in GROUP_DESCRIPTIONS:
+        description = (
+            "Each attention head and MLP hidden unit is scored through a gate c on its output by "
+            f"{GROUP_DESCRIPTIONS[method]}; the lowest-scored are removed, leaving a smaller dense "
+            "model."
+        )
     eval_dataset = card.eval_dataset or (datasets or [None])[0]
     eval_results = _eval_results(card.accuracy, eval_dataset, card.eval_split)
     card_metadata = ModelCardData(

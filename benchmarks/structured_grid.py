@@ -58,13 +58,17 @@ FEATURE_TOKENS = ("auto", "cls", "mean", "patch_mean", "cls_patch_mean")
 # What identifies a run (a result holds these fields and its measurements).
 JOB_FIELDS = (
     "epochs", "batch_size", "lr", "num_batches", "scoring_batch_size", "train_limit", "task",
-    "seed", "method", "sparsity", "group_ranking", "fit_head", "feature_token", "rounds",
+    "seed", "method", "sparsity", "group_ranking", "fit_head", "feature_token", "feature_center", "rounds",
 )  # fmt: skip
 # What runs saved before a field existed did (they scored through the model's random head and
-# read ReFer's features from the CLS token).
-DEFAULTS = {"group_ranking": "per_kind", "fit_head": False, "feature_token": "cls", "rounds": 1}
+# took ReFer's singular values of uncentred features).
+DEFAULTS = {
+    "group_ranking": "per_kind", "fit_head": False, "feature_token": "auto",
+    "feature_center": False, "rounds": 1,
+}  # fmt: skip
 FEATURE_METHODS = ("afr", "refer", UNSTRUCTURED)  # read ReFer's features (the unstructured run
 # times its model against structured AFR's)
+FEATURE_FIELDS = ("feature_token", "feature_center")
 
 
 @functools.cache
@@ -130,6 +134,7 @@ def _structured_model(job: dict, method: str, base: torch.nn.Module, batches) ->
         group_ranking=job["group_ranking"],
         fit_head=job["fit_head"],
         feature_token=job["feature_token"],
+        feature_center=job["feature_center"],
         rounds=job["rounds"],
     )
     pruner = AFRPruner(base, config)
@@ -256,6 +261,7 @@ def plan(args) -> list[dict]:
         "latency_rounds": args.latency_rounds, "bisection_steps": args.bisection_steps,
         "group_ranking": args.group_ranking, "fit_head": False if args.no_fit_head else None,
         "feature_token": args.feature_token, "rounds": args.rounds,
+        "feature_center": False if args.no_feature_center else None,
     }  # fmt: skip
     jobs = []
     for seed in args.seeds:
@@ -290,6 +296,9 @@ def parse_args(argv=None):
     p.add_argument("--group_ranking", default="per_kind", choices=RANKINGS)  # own result files
     p.add_argument("--no_fit_head", action="store_true", help="PrunerConfig(fit_head=False)")
     p.add_argument("--feature_token", default="auto", choices=FEATURE_TOKENS, help="ReFer/AFR")
+    p.add_argument(
+        "--no_feature_center", action="store_true", help="PrunerConfig(feature_center=False)"
+    )
     p.add_argument("--rounds", type=int, default=1, help="PrunerConfig(rounds=...)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--output_dir", default=str(Path(__file__).parent / "results"))
@@ -307,7 +316,7 @@ def parse_args(argv=None):
 
 def _job_key(run: dict) -> str:
     def value(field: str):
-        if field == "feature_token" and run["method"] not in FEATURE_METHODS:
+        if field in FEATURE_FIELDS and run["method"] not in FEATURE_METHODS:
             return None  # the feature token changes nothing else: those runs serve every token
         return run.get(field, DEFAULTS.get(field))
 
@@ -316,11 +325,12 @@ def _job_key(run: dict) -> str:
 
 def result_name(args) -> str:
     """The stem of the result files: `structured_grid` for hf_afr's defaults, with a suffix per
-    other choice (`-per_layer`, `-no_fit_head`, `-mean`, `-rounds3`, `-batches8`)."""
+    other choice (`-per_layer`, `-no_fit_head`, `-mean`, `-uncentered`, `-rounds3`, `-batches8`)."""
     suffixes = [
         f"-{args.group_ranking}" if args.group_ranking != "per_kind" else "",
         "-no_fit_head" if args.no_fit_head else "",
         f"-{args.feature_token}" if args.feature_token != "auto" else "",
+        "-uncentered" if args.no_feature_center else "",
         f"-rounds{args.rounds}" if args.rounds != 1 else "",
         f"-batches{args.num_batches}" if args.num_batches != 4 else "",
     ]
@@ -359,6 +369,8 @@ def main(argv=None, run=run_job) -> list[dict]:
     results, earlier_wall = finished_runs(out, name) if args.resume else ([], None)
     if not args.resume:
         partial.unlink(missing_ok=True)
+    planned = {_job_key(job) for job in jobs}
+    results = [r for r in results if _job_key(r) in planned]  # others are not counted or kept
     done = {_job_key(r) for r in results}
     todo = [job for job in jobs if _job_key(job) not in done]
     print(f"{len(jobs)} runs on {args.workers} worker(s), {len(jobs) - len(todo)} done", flush=True)

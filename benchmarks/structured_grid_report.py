@@ -186,8 +186,9 @@ def command_flags(args: dict) -> str:
         for k, default in defaults.items()
         if (v := args.get(k, default)) != default
     ]
-    if args.get("no_fit_head"):
-        flags.append(" --no_fit_head")
+    for flag in ("no_fit_head", "no_feature_center"):
+        if args.get(flag):
+            flags.append(f" --{flag}")
     methods = args.get("methods")
     if methods and set(methods) != {"dense", "afr", *BASELINES}:
         flags.append(f" --methods {' '.join(methods)}")
@@ -206,7 +207,9 @@ def report(runs: list[dict], meta: dict) -> str:
         f"{a['epochs']} epochs AdamW lr {a['lr']:g} batch {a['batch_size']} (cosine), "
         f"structure heads+mlp, group_ranking {a.get('group_ranking', 'per_kind')}, scored "
         f"through {'the new random head' if a.get('no_fit_head', True) else 'a fitted head'}, "
-        f"feature_token {a.get('feature_token', 'cls')}, rounds {a.get('rounds', 1)}; "
+        f"feature_token {a.get('feature_token', 'auto')}, ReFer features "
+        f"{'uncentred' if a.get('no_feature_center', True) else 'centred'}, rounds "
+        f"{a.get('rounds', 1)}; "
         f"torch {meta['torch']}, {a['workers']} worker process(es) of one "
         f"thread; {meta['runs']} of {meta['planned']} planned runs"
         + (f" ({meta['resumed']} from earlier invocations)" if meta.get("resumed") else "")

@@ -5,8 +5,8 @@
 every one in `--results_dir` and tabulates, per variant, the mean accuracy of structured AFR,
 SNIP and magnitude and AFR's paired wins against the other two (the goal of the grid). Runs are
 paired by (task, seed, sparsity), each baseline's runs taken from the variant that made the choices
-it depends on (`CHOICES`: magnitude's runs of a ranking and rounds serve every head, feature token
-and batch count).
+it depends on (`CHOICES`: magnitude's runs of a ranking and rounds serve every head, ReFer
+feature and batch count).
 
     python benchmarks/structured_grid_variants.py   # writes structured_grid_variants.md
 """
@@ -25,7 +25,8 @@ COMPARED = ("afr", "snip", "magnitude")
 CHOICES = {
     "group_ranking": ("per_kind", ("afr", "snip", "magnitude")),
     "fit_head": (False, ("afr", "snip")),
-    "feature_token": ("cls", ("afr",)),
+    "feature_token": ("auto", ("afr",)),
+    "feature_center": (False, ("afr",)),
     "rounds": (1, ("afr", "snip", "magnitude")),
     "num_batches": (4, ("afr", "snip")),
 }
@@ -34,8 +35,10 @@ CHOICES = {
 def _choice(run: dict, name: str):
     value = run.get(name, CHOICES[name][0])
     if name == "feature_token" and value == "auto":
-        return "mean"  # hf_afr's structured default on a ViT: the mean over all tokens
-    return value is not False if name == "fit_head" else value  # None (auto) = fitted
+        return "cls"  # what the ViT's head reads
+    if name in ("fit_head", "feature_center"):
+        return value is not False  # None: on with a structure
+    return value
 
 
 def variant_runs(results_dir: Path) -> dict[tuple, dict[tuple, float]]:
@@ -76,15 +79,16 @@ def paired(runs: dict[tuple, float], baseline: str) -> tuple[int, int, float]:
 
 def table(variants: dict[tuple, dict[tuple, float]]) -> str:
     lines = [
-        "| group ranking | head scored through | feature token | rounds | scoring batches "
+        "| group ranking | head scored through | ReFer features | rounds | scoring batches "
         "| runs | afr | snip | magnitude | afr vs magnitude | afr vs snip |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = sorted(
-        variants, key=lambda v: (RANKINGS.index(v[0]), not v[1], v[2] != "mean", v[3], v[4])
+        variants,
+        key=lambda v: (RANKINGS.index(v[0]), not v[1], not v[3], v[2] != "cls", v[4], v[5]),
     )
     for key in order:
-        ranking, fitted, token, rounds, num_batches = key
+        ranking, fitted, token, centred, rounds, num_batches = key
         runs = variants[key]
         afr = [(t, s, p) for (t, s, m, p) in runs if m == "afr"]
         full = [c for c in afr if all((c[0], c[1], m, c[2]) in runs for m in COMPARED)]
@@ -95,7 +99,8 @@ def table(variants: dict[tuple, dict[tuple, float]]) -> str:
         common = {k: v for k, v in runs.items() if (k[0], k[1], k[3]) in cells}
         vs = {b: paired(common, b) for b in ("magnitude", "snip")}
         lines.append(
-            f"| {ranking} | {'fitted' if fitted else 'new, random'} | {token} | {rounds} "
+            f"| {ranking} | {'fitted' if fitted else 'new, random'} "
+            f"| {token}, {'centred' if centred else 'uncentred'} | {rounds} "
             f"| {num_batches} | {len(full)} "
             + "".join(f"| {mean[m]:.1f} " for m in COMPARED)
             + "".join(f"| {w}/{n} ({d:+.1f}) " for w, n, d in vs.values())

@@ -191,13 +191,8 @@ def get_architecture(model_or_config: Any) -> VisionArchitecture:
 # --------------------------------------------------------------------------- features
 
 
-def resolve_feature_token(config: Any, feature_token: str, structured: bool = False) -> str:
-    """The concrete feature of `feature_token` for a model config.
-
-    `"auto"` is the feature the family's head reads; with `structured=True` (pruning whole heads
-    and MLP units) it is the mean over all tokens where the head reads the CLS token alone: a
-    group changes every token, and the CLS row alone misses what it does to the patch tokens
-    later blocks and fine-tuning build on (docs/structured.md gives the measurements).
+def resolve_feature_token(config: Any, feature_token: str) -> str:
+    """The concrete feature of `feature_token` for a model config (`"auto"`: the head's).
 
     Raises:
         `ValueError`: a CLS-based feature for a family without a CLS token, or an unknown
@@ -210,8 +205,6 @@ def resolve_feature_token(config: Any, feature_token: str, structured: bool = Fa
             f"got {feature_token!r}."
         )
     feature = arch.default_feature(config) if feature_token == "auto" else feature_token
-    if feature_token == "auto" and structured and feature == "cls":
-        feature = "mean"
     if feature.startswith("cls") and not arch.cls_token:
         raise ValueError(
             f"feature_token={feature_token!r} reads a CLS token, but {arch.name} has none; "
@@ -242,11 +235,9 @@ def token_feature(hidden_state: torch.Tensor, feature: str, num_prefix_tokens: i
     raise ValueError(f"Unknown feature {feature!r}; choose one of {FEATURE_TOKENS[1:]}.")
 
 
-def feature_reader(
-    config: Any, feature_token: str, structured: bool = False
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_reader(config: Any, feature_token: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """`hidden_state -> (batch, D)` float32 features of a model config's family."""
-    feature = resolve_feature_token(config, feature_token, structured)
+    feature = resolve_feature_token(config, feature_token)
     prefix = get_architecture(config).num_prefix_tokens(config)
     return lambda hidden_state: token_feature(hidden_state, feature, prefix)
 

@@ -93,8 +93,7 @@ class PrunerConfig:
             "help": "ReFer/AFR: the per-sample feature of a layer's output h. 'auto': what the "
             "family's classification head reads (the CLS token for ViT and DeiT, the patch mean "
             "for CLIP and BEiT, the token mean for SigLIP, I-JEPA and Swin, CLS + patch mean "
-            "for DINOv2; with a `structure`, the mean over all tokens where the head reads the CLS "
-            "token alone; recorded as the concrete choice when a pruner is built); 'cls': the "
+            "for DINOv2; recorded as the concrete choice when a pruner is built); 'cls': the "
             "CLS token h[:, 0, :]; 'mean': the mean over all tokens; 'patch_mean': the mean "
             "over the patch tokens (without CLS, distillation and register tokens); "
             "'cls_patch_mean': the CLS token concatenated with the patch mean."
@@ -106,6 +105,15 @@ class PrunerConfig:
             "help": "ReFer/AFR: hidden states whose feature matrices enter the objective. "
             "'encoder': the outputs of the L encoder blocks (Swin: of its stages); 'all': the "
             "embedding output too."
+        },
+    )
+    feature_center: bool | None = field(
+        default=None,
+        metadata={
+            "help": "ReFer/AFR: subtract each layer's mean feature over the batch's samples "
+            "before taking the singular values, so that the objective measures how the "
+            "features spread across samples, without their common mean. None (default): on "
+            "with a `structure`, off without (the paper's objective)."
         },
     )
     num_batches: int = field(
@@ -267,8 +275,10 @@ class PrunerConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
         _check_choice("group_ranking", self.group_ranking, GROUP_RANKINGS)
-        if self.fit_head is not None and not isinstance(self.fit_head, bool):
-            raise ValueError(f"`fit_head` must be True, False or None, got {self.fit_head!r}.")
+        for name in ("fit_head", "feature_center"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be True, False or None, got {value!r}.")
         if self.structure is None:
             if self.rounds != 1:
                 raise ValueError(
@@ -322,6 +332,11 @@ class PrunerConfig:
         """Whether scoring goes through a head fitted to the scoring batches (`fit_head`)."""
         fit = self.structure is not None if self.fit_head is None else self.fit_head
         return fit and get_criterion(self.method).needs_labels
+
+    @property
+    def centers_features(self) -> bool:
+        """Whether ReFer's feature matrices are centred over the samples (`feature_center`)."""
+        return self.structure is not None if self.feature_center is None else self.feature_center
 
     @property
     def needs_data(self) -> bool:

@@ -385,9 +385,7 @@ class AFRPruner:
 def _with_concrete_feature(config: PrunerConfig, model_config: Any) -> PrunerConfig:
     """`config` with `feature_token="auto"` replaced by the family's choice (a copy), so that a
     saved `pruner_config.json` records the feature that produced the masks."""
-    feature = resolve_feature_token(
-        model_config, config.feature_token, config.structure is not None
-    )
+    feature = resolve_feature_token(model_config, config.feature_token)
     if feature == config.feature_token:
         return config
     logger.debug(f"feature_token='auto' reads {feature!r} for a {model_config.model_type} model.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -169,28 +171,6 @@ def test_auto_scores_a_vit_exactly_as_the_cls_token_did():
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
-def test_with_a_structure_auto_reads_every_token_where_the_head_reads_the_cls_token(model_type):
-    model = tiny_classifier(model_type)
-    head = AFRPruner(model).config.feature_token
-    structured = AFRPruner(model, PrunerConfig(structure="mlp")).config.feature_token
-    assert structured == ("mean" if head == "cls" else head)
-
-
-def test_structured_auto_scores_a_vit_through_the_token_mean():
-    from hf_afr.structure.scores import group_scores
-
-    model, batches = tiny_classifier("vit"), tiny_batches(2)
-    scores = {
-        token: group_scores(
-            model, batches, PrunerConfig(method="refer", structure="mlp", feature_token=token)
-        )["units"]
-        for token in ("auto", "mean", "cls")
-    }  # "auto" unresolved here: the criterion itself reads the mean
-    assert all(torch.equal(scores["auto"][b], scores["mean"][b]) for b in scores["mean"])
-    assert not all(torch.equal(scores["auto"][b], scores["cls"][b]) for b in scores["cls"])
-
-
-@pytest.mark.parametrize("model_type", FAMILIES)
 def test_checkpointing_and_micro_batches_leave_every_familys_scores_unchanged(model_type):
     batches = tiny_batches(1, batch_size=5)
     plain = AFRPruner(tiny_classifier(model_type), PrunerConfig(num_batches=1))
@@ -217,9 +197,10 @@ def head_feature(model_type: str, h: torch.Tensor) -> torch.Tensor:
     return h.mean(dim=1)  # ijepa, siglip, swin: no CLS token
 
 
-def hooked_objectives(model, model_type, batch):
+def hooked_objectives(model, model_type, batch, center=False):
     """(cross-entropy, ReFer objective) with features read by forward hooks on the blocks and
-    the mean singular value from the eigenvalues of F F^T (no hidden_states, no svdvals)."""
+    the mean singular value from the eigenvalues of F F^T (no hidden_states, no svdvals);
+    `center`: of H F F^T H, H = I - 11^T / N the centring matrix."""
     outputs = []
     handles = [
         block.register_forward_hook(
@@ -235,7 +216,12 @@ def hooked_objectives(model, model_type, batch):
     refer = 0.0
     for h in outputs:
         f = head_feature(model_type, h)
-        eigenvalues = torch.linalg.eigvalsh(f @ f.T)
+        gram = f @ f.T
+        if center:
+            n = f.shape[0]
+            centring = torch.eye(n, dtype=f.dtype) - torch.full((n, n), 1.0 / n, dtype=f.dtype)
+            gram = centring @ gram @ centring
+        eigenvalues = torch.linalg.eigvalsh(gram)
         refer = refer + eigenvalues.clamp(min=0).sqrt().sum() / f.shape[0]
     return F.cross_entropy(logits, batch["labels"]), refer
 
@@ -285,6 +271,26 @@ def test_snip_and_refer_gradients_match_hooks_and_finite_differences(model_type)
     finite = (shifted(1) - shifted(-1)) / (2 * eps)
     analytic = [sum((g[n].double() * direction[n]).sum().item() for n in params) for g in grads]
     np.testing.assert_allclose(analytic, finite, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["vit", "swin"])
+def test_centred_refer_gradients_match_the_centring_matrix_and_micro_batches(model_type):
+    model = tiny_classifier(model_type).double()
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in tiny_batches(1)[0].items()}
+    config = AFRPruner(model, PrunerConfig(structure="mlp")).config
+    assert config.centers_features  # on by default with a structure
+    params = find_prunable_parameters(model, config)
+    (ours,) = accumulate_gradients(model, [batch], params, config, ("refer",))
+    objective = hooked_objectives(model, model_type, batch, center=True)[1]
+    reference = torch.autograd.grad(objective, list(params.values()))
+    for (name, g), ref in zip(ours.items(), reference):
+        torch.testing.assert_close(g, ref.float(), rtol=1e-4, atol=1e-7, msg=name)
+    uncentred = hooked_objectives(model, model_type, batch)[1]
+    assert abs(uncentred.item() - objective.item()) > 1e-3 * abs(objective.item())
+    micro = dataclasses.replace(config, micro_batch_size=2)  # centred on the whole batch
+    (split,) = accumulate_gradients(model, [batch], params, micro, ("refer",))
+    for name in ours:
+        torch.testing.assert_close(split[name], ours[name], rtol=1e-4, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -96,3 +96,12 @@ def test_missing_or_corrupt_file_errors(tmp_path):
     (tmp_path / PRUNER_CONFIG_NAME).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         PrunerConfig.from_pretrained(tmp_path)
+
+
+def test_feature_centring_is_on_with_a_structure_and_off_without():
+    assert not PrunerConfig().centers_features  # the paper's objective
+    assert PrunerConfig(structure="mlp").centers_features
+    assert not PrunerConfig(structure="mlp", feature_center=False).centers_features
+    assert PrunerConfig(feature_center=True).centers_features
+    with pytest.raises(ValueError, match="`feature_center` must be True, False or None"):
+        PrunerConfig(feature_center="yes")

@@ -47,11 +47,12 @@ def explicit_gate_gradients(model, batches, config, objectives):
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("center", [False, True], ids=["uncentred", "centred"])
 @pytest.mark.parametrize("family", ["vit", "swin", "data2vec-vision", "siglip"])
-def test_gate_derivation_equals_autograd_on_explicit_gates(family):
+def test_gate_derivation_equals_autograd_on_explicit_gates(family, center):
     model = family_model(family)
     batches = tiny_batches(n_batches=2, batch_size=4)
-    config = PrunerConfig(method="afr")
+    config = PrunerConfig(method="afr", feature_center=center)
     derived = S.gate_gradients(model, batches, config, ("loss", "refer"))
     explicit = explicit_gate_gradients(model, batches, config, ("loss", "refer"))
     for mine, theirs in zip(derived, explicit):

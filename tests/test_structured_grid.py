@@ -140,6 +140,20 @@ def test_a_ranking_other_than_per_kind_has_its_own_runs_and_files(tmp_path, caps
     assert {r["fit_head"] for r in random_head} == {False}
     md = (out / "structured_grid-no_fit_head.md").read_text()
     assert "scored through the new random head" in md
+    assert (
+        "`python benchmarks/structured_grid.py --seeds 0 --no_fit_head --methods dense afr`" in md
+    )
+    uncentred = grid.main([*argv, "--no_feature_center"], run=fake_run)
+    assert {r["feature_center"] for r in uncentred} == {False}
+    assert "ReFer features uncentred" in (out / "structured_grid-uncentered.md").read_text()
+    # a run that reads no features is the same run whatever the ReFer feature options say
+    for method, same in (("dense", True), ("snip", True), ("afr", False), ("refer", False)):
+        keys = {
+            grid._job_key({**first[0], "method": method, **options})
+            for options in ({"feature_center": False}, {"feature_center": None},
+                            {"feature_token": "mean"})
+        }  # fmt: skip
+        assert (len(keys) == 1) == same, method
 
 
 def test_variants_pair_afr_with_magnitude_of_the_same_ranking_and_snip_of_the_same_head(tmp_path):
@@ -165,20 +179,20 @@ def test_variants_pair_afr_with_magnitude_of_the_same_ranking_and_snip_of_the_sa
             }
         )  # fmt: skip
     )
-    fitted, mean = {"fit_head": None}, {"fit_head": None, "feature_token": "auto"}
+    fitted, centred = {"fit_head": None}, {"fit_head": None, "feature_center": None}
     (tmp_path / "structured_grid.json").write_text(  # afr and snip through a fitted head
-        json.dumps({"runs": runs(afr=((0.8, 0.8), mean), snip=((0.9, 0.7), fitted))})
+        json.dumps({"runs": runs(afr=((0.8, 0.8), centred), snip=((0.9, 0.7), fitted))})
     )
-    (tmp_path / "structured_grid-cls.json").write_text(  # afr read the CLS token (the default)
+    (tmp_path / "structured_grid-uncentered.json").write_text(  # before the field existed
         json.dumps({"runs": runs(afr=((0.6, 0.9), fitted))})
     )
     text = variants.main(["--results_dir", str(tmp_path)])
     # fitted: afr 80/80 against magnitude 70/70 (the random-head file's) and snip 90/70; snip
-    # reads no features: its runs serve both feature tokens
-    row = "| per_kind | fitted | mean | 1 | 4 | 2 | 80.0 | 80.0 | 70.0 | 2/2 (+10.0) | 1/2 (+0.0) |"
-    assert row in text
-    row = "| per_kind | fitted | cls | 1 | 4 | 2 | 75.0 | 80.0 | 70.0 | 1/2 (+5.0) | 1/2 (-5.0) |"
-    assert row in text
-    row = "| per_kind | new, random | cls | 1 | 4 | 2 | 70.0 | 60.0 | 70.0 | 1/2 (+0.0) | 1/2 (+10.0) |"
-    assert row in text
+    # reads no features: its runs serve centred and uncentred afr
+    cells = "| 1 | 4 | 2 | 80.0 | 80.0 | 70.0 | 2/2 (+10.0) | 1/2 (+0.0) |"
+    assert "| per_kind | fitted | cls, centred " + cells in text
+    cells = "| 1 | 4 | 2 | 75.0 | 80.0 | 70.0 | 1/2 (+5.0) | 1/2 (-5.0) |"
+    assert "| per_kind | fitted | cls, uncentred " + cells in text
+    cells = "| 1 | 4 | 2 | 70.0 | 60.0 | 70.0 | 1/2 (+0.0) | 1/2 (+10.0) |"
+    assert "| per_kind | new, random | cls, uncentred " + cells in text
     assert (tmp_path / "structured_grid_variants.md").read_text() == text

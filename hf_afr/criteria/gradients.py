@@ -171,13 +171,16 @@ def layer_features(
         model_config: the model's config; its family (`hf_afr.architectures`) says which
             tokens are patches and what `feature_token="auto"` reads.
     """
-    read = feature_reader(model_config, config.feature_token, config.structure is not None)
+    read = feature_reader(model_config, config.feature_token)
     states = hidden_states[1:] if config.feature_layers == "encoder" else hidden_states
     return [read(h) for h in states]
 
 
-def refer_objective(features: Sequence[torch.Tensor]) -> torch.Tensor:
-    """sum_l (1/N) sum_i sigma_i(F^l). `svdvals` has finite gradients for rank-deficient F."""
+def refer_objective(features: Sequence[torch.Tensor], center: bool = False) -> torch.Tensor:
+    """sum_l (1/N) sum_i sigma_i(F^l), each N x D matrix F^l first centred over its N rows
+    (samples) if `center`. `svdvals` has finite gradients for rank-deficient F."""
+    if center:
+        features = [f - f.mean(dim=0, keepdim=True) for f in features]
     return sum(torch.linalg.svdvals(f).sum() / f.shape[0] for f in features)
 
 
@@ -211,7 +214,8 @@ def _refer_feature_grads(model, micro_batches, config) -> list[torch.Tensor]:
         ]
     features = [torch.cat(per_layer).requires_grad_(True) for per_layer in zip(*chunks)]
     with torch.enable_grad():
-        return list(torch.autograd.grad(refer_objective(features), features))
+        objective = refer_objective(features, config.centers_features)
+        return list(torch.autograd.grad(objective, features))
 
 
 def _batch_objectives(model, micro_batch, objectives, config, n_total, feature_grads, offset):
@@ -241,7 +245,7 @@ def _objective_values(
     if "refer" in objectives:
         features = layer_features(outputs.hidden_states, config, model_config)
         if feature_grads is None:
-            values["refer"] = refer_objective(features)
+            values["refer"] = refer_objective(features, config.centers_features)
         else:  # surrogate whose gradient equals dR/dw restricted to these rows
             values["refer"] = sum(
                 (f * g[offset : offset + n]).sum() for f, g in zip(features, feature_grads)

@@ -163,7 +163,8 @@ def score_and_prune(
             train_dataset, transform, batch_size, config.num_batches, config.seed
         )
         reads_features = get_criterion(config.method).reads_features
-        features = f", {config.feature_token!r} features" if reads_features else ""
+        centred = " (centred)" if config.centers_features else ""
+        features = f", {config.feature_token!r} features{centred}" if reads_features else ""
         logger.info(
             f"Scoring with {config.method!r}{features} on {config.num_batches} batches of "
             f"{batch_size} training images."

@@ -11,6 +11,13 @@ from typing import Any
 from transformers.utils import logging
 
 from .architectures import FEATURE_TOKENS
+from .config_checks import (
+    CONTROLS,  # noqa: F401 - re-exported
+    as_float,
+    check_choice,
+    check_control,
+    check_count,
+)
 from .criteria import criteria_help, get_criterion
 from .files import atomic_write_text, read_json_object, resolve_file
 from .masks import parse_pattern  # noqa: F401 - re-exported
@@ -21,14 +28,6 @@ logger = logging.get_logger(__name__)
 
 SCOPES = ("global", "layerwise")
 FEATURE_LAYERS = ("encoder", "all")
-# Sanity-check controls (Frankle et al., 2021): what each does to the criterion's masks.
-CONTROLS = {
-    "shuffle": "every tensor keeps as many weights as the criterion kept in it, at random "
-    "positions",
-    "invert": "the lowest-scored weights are kept instead of the highest",
-    "magnitude_inside": "every tensor keeps as many weights as the criterion kept in it, those "
-    "of largest magnitude",
-}
 STRUCTURES = ("mlp", "heads", "heads+mlp")
 GROUP_RANKINGS = ("per_kind", "per_layer", "pooled")
 GROUP_METHODS = ("afr", "snip", "refer", "fisher", "magnitude", "random")
@@ -235,27 +234,17 @@ class PrunerConfig:
                 f"`sparsity` must be in [0, 1) (the fraction of prunable weights set to zero), "
                 f"got {self.sparsity}. For 90% sparsity pass 0.9."
             )
-        _check_choice("scope", self.scope, SCOPES)
-        _check_choice("feature_token", self.feature_token, FEATURE_TOKENS)
-        _check_choice("feature_layers", self.feature_layers, FEATURE_LAYERS)
-        if isinstance(self.num_batches, bool) or not isinstance(self.num_batches, int):
-            raise ValueError(f"`num_batches` must be an integer, got {self.num_batches!r}.")
-        if self.num_batches < 1:
-            raise ValueError(f"`num_batches` must be at least 1, got {self.num_batches}.")
-        if (
-            isinstance(self.synflow_iterations, bool)
-            or not isinstance(self.synflow_iterations, int)
-            or self.synflow_iterations < 1
-        ):
-            raise ValueError(
-                f"`synflow_iterations` must be an integer >= 1, got {self.synflow_iterations!r}."
-            )
+        check_choice("scope", self.scope, SCOPES)
+        check_choice("feature_token", self.feature_token, FEATURE_TOKENS)
+        check_choice("feature_layers", self.feature_layers, FEATURE_LAYERS)
+        for name in ("num_batches", "synflow_iterations", "min_units", "round_to", "rounds"):
+            check_count(name, getattr(self, name))
         check_control(self.control)
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(
                 f"`micro_batch_size` must be a positive integer or None, got {self.micro_batch_size}."
             )
-        self.min_density = _as_float("min_density", self.min_density)
+        self.min_density = as_float("min_density", self.min_density)
         if not 0.0 <= self.min_density <= 1.0 - self.sparsity:
             raise ValueError(
                 f"`min_density` must be in [0, 1 - sparsity] = [0, {1.0 - self.sparsity:.4g}], "
@@ -270,11 +259,7 @@ class PrunerConfig:
                 raise ValueError(f"`{name}` must be a list of strings, got {value!r}.")
 
     def _check_structure(self) -> None:
-        for name in ("min_units", "round_to", "rounds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-        _check_choice("group_ranking", self.group_ranking, GROUP_RANKINGS)
+        check_choice("group_ranking", self.group_ranking, GROUP_RANKINGS)
         for name in ("fit_head", "feature_center"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -286,7 +271,7 @@ class PrunerConfig:
                     "or leave `rounds` at 1."
                 )
             return
-        _check_choice("structure", self.structure, STRUCTURES)
+        check_choice("structure", self.structure, STRUCTURES)
         if self.method not in GROUP_METHODS:
             raise ValueError(
                 f"structure={self.structure!r} scores whole heads/units with one of "
@@ -308,13 +293,13 @@ class PrunerConfig:
 
     def _resolve_pattern_and_sparsity(self) -> None:
         if self.pattern is None:
-            self.sparsity = 0.9 if self.sparsity is None else _as_float("sparsity", self.sparsity)
+            self.sparsity = 0.9 if self.sparsity is None else as_float("sparsity", self.sparsity)
             return
         n, m = parse_pattern(self.pattern)
         self.pattern = f"{n}:{m}"
         implied = 1.0 - n / m
         if self.sparsity is not None:
-            sparsity = _as_float("sparsity", self.sparsity)
+            sparsity = as_float("sparsity", self.sparsity)
             if abs(sparsity - implied) > 1e-9:
                 raise ValueError(
                     f"`pattern` {self.pattern!r} fixes the sparsity at 1 - {n}/{m} = {implied:.4g}, "
@@ -398,25 +383,3 @@ class PrunerConfig:
             raise
         except (ValueError, TypeError) as err:
             raise CheckpointError(path, None, str(err)) from None
-
-
-def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a number, got {value!r}.")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a number, got {value!r}.") from None
-
-
-def check_control(control: str | None) -> None:
-    """Raise a `ValueError` unless `control` is None or a known control (`CONTROLS`)."""
-    if control is not None and control not in CONTROLS:
-        raise ValueError(
-            f"`control` must be None or one of {', '.join(map(repr, CONTROLS))}, got {control!r}."
-        )
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, allowed))}, got {value!r}.")

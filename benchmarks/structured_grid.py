@@ -19,9 +19,11 @@ Each run records its model's speed-up over dense (before fine-tuning), kept widt
     python benchmarks/structured_grid.py --resume        # only the runs not done yet
     python benchmarks/structured_grid.py --preset toy    # digits, seed 0, 50%, tiny data: seconds
 
-Structured runs use hf_afr's defaults (`group_ranking="per_kind"`, a fitted head for scoring);
-`--group_ranking` and `--no_fit_head` runs go to their own files (`structured_grid-per_layer.*`,
-`structured_grid-no_fit_head.*`; `structured_grid_variants.py` sets them side by side).
+Structured runs use hf_afr's defaults (`group_ranking="per_kind"`, a fitted head for scoring,
+centred ReFer features, one round); `--group_ranking`, `--no_fit_head`, `--feature_token`,
+`--no_feature_center`, `--rounds` and `--num_batches` runs go to their own files
+(`structured_grid-per_layer.*`, `structured_grid-no_fit_head-uncentered.*`, ...;
+`structured_grid_variants.py` sets them side by side).
 
 Each finished run is appended to `structured_grid.partial.jsonl` in `--output_dir` (default
 `benchmarks/results/`); `--resume` keeps the runs done there or in `structured_grid.json`. The

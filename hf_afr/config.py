@@ -32,6 +32,8 @@ STRUCTURES = ("mlp", "heads", "heads+mlp")
 GROUP_RANKINGS = ("per_kind", "per_layer", "pooled")
 GROUP_METHODS = ("afr", "snip", "refer", "fisher", "magnitude", "random")
 """The criteria that score whole heads and MLP units (`hf_afr.structure.scores`)."""
+SAVED_BEFORE_OPTION = {"fit_head": False, "feature_center": False}
+"""What a saved `pruner_config.json` that lacks one of these options was made with."""
 
 
 @dataclass
@@ -357,6 +359,8 @@ class PrunerConfig:
         unknown = sorted(k for k in data if k not in known and k != "hf_afr_version")
         if unknown:
             logger.warning(f"Ignoring unknown keys in the pruner config: {', '.join(unknown)}.")
+        if "hf_afr_version" in data:  # a saved config without these options predates them
+            data = {**SAVED_BEFORE_OPTION, **data}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod

@@ -91,7 +91,12 @@ CASES = [
     ("negative sparsity", "prune", ["--sparsity", "-0.1"], "`sparsity` must be in [0, 1)"),
     ("unparsable sparsity", "prune", ["--sparsity", "abc"], "--sparsity: invalid float value"),
     ("unknown method", "finetune", ["--method", "foo"], "Unknown pruning method 'foo'"),
-    ("no scoring batches", "prune", ["--num_batches", "0"], "`num_batches` must be an integer >= 1"),
+    (
+        "no scoring batches",
+        "prune",
+        ["--num_batches", "0"],
+        "`num_batches` must be an integer >= 1",
+    ),
     ("misspelt option", "prune", ["--sparsty", "0.5"], "did you mean --sparsity?"),
     ("unknown scope", "prune", ["--scope", "everywhere"], "`scope` must be one of"),
     ("floor too high", "prune", ["--min_density", "0.5"], "`min_density` must be in"),

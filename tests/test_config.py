@@ -105,3 +105,15 @@ def test_feature_centring_is_on_with_a_structure_and_off_without():
     assert PrunerConfig(feature_center=True).centers_features
     with pytest.raises(ValueError, match="`feature_center` must be True, False or None"):
         PrunerConfig(feature_center="yes")
+
+
+def test_a_saved_config_from_before_an_option_records_what_it_was_made_with(tmp_path):
+    saved = PrunerConfig(structure="mlp").to_dict()
+    assert saved["feature_center"] is None and saved["fit_head"] is None
+    for name in ("feature_center", "fit_head"):
+        del saved[name]
+    old = PrunerConfig.from_dict({**saved, "hf_afr_version": "0.1.0"})
+    assert not old.centers_features and not old.fits_head  # made before either existed
+    assert PrunerConfig.from_dict(saved).centers_features  # written by hand: the defaults
+    PrunerConfig(structure="mlp").save_pretrained(tmp_path)
+    assert PrunerConfig.from_pretrained(tmp_path).centers_features  # saved now: None kept

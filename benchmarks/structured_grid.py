@@ -48,6 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import replicate  # noqa: E402
 import structured_grid_report  # noqa: E402
 
+from hf_afr.architectures import FEATURE_TOKENS  # noqa: E402
+from hf_afr.config import GROUP_RANKINGS  # noqa: E402
+
 STRUCTURED = ("afr", "snip", "refer", "magnitude", "random")
 UNSTRUCTURED = "afr_unstructured"
 METHODS = ("dense", *STRUCTURED, UNSTRUCTURED)
@@ -55,8 +58,6 @@ TASKS = ("digits", "typefaces", "cyrillic")
 STRUCTURE = "heads+mlp"
 MAX_UNSTRUCTURED = 0.995  # the densest-shrinking unstructured sparsity tried
 NAME = "structured_grid"
-RANKINGS = ("per_kind", "per_layer", "pooled")
-FEATURE_TOKENS = ("auto", "cls", "mean", "patch_mean", "cls_patch_mean")
 # What identifies a run (a result holds these fields and its measurements).
 JOB_FIELDS = (
     "epochs", "batch_size", "lr", "num_batches", "scoring_batch_size", "train_limit", "task",
@@ -283,7 +284,7 @@ def plan(args) -> list[dict]:
     return jobs
 
 
-def parse_args(argv=None):
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=("full", "toy"), default="full")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -295,7 +296,7 @@ def parse_args(argv=None):
     p.add_argument("--latency_batch", type=int, default=64, help="images per timed call")
     p.add_argument("--latency_rounds", type=int, default=5, help="side-by-side timing rounds")
     p.add_argument("--bisection_steps", type=int, default=6, help="latency-matching steps")
-    p.add_argument("--group_ranking", default="per_kind", choices=RANKINGS)  # own result files
+    p.add_argument("--group_ranking", default="per_kind", choices=GROUP_RANKINGS)  # own files
     p.add_argument("--no_fit_head", action="store_true", help="PrunerConfig(fit_head=False)")
     p.add_argument("--feature_token", default="auto", choices=FEATURE_TOKENS, help="ReFer/AFR")
     p.add_argument(
@@ -307,7 +308,11 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="only the runs not done yet")
     p.add_argument("--dry_run", action="store_true", help="list the runs; run nothing")
     p.add_argument("--tabulate_only", action="store_true", help="tables from the saved runs")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = _parser().parse_args(argv)
     if args.preset == "toy":
         args.tasks, args.seeds, args.sparsities = ["digits"], [0], [0.5]
         args.epochs, args.train_limit, args.num_batches = 1, 96, 1
@@ -319,24 +324,43 @@ def parse_args(argv=None):
 def _job_key(run: dict) -> str:
     def value(field: str):
         if field in FEATURE_FIELDS and run["method"] not in FEATURE_METHODS:
-            return None  # the feature token changes nothing else: those runs serve every token
+            return None  # changes nothing else: those runs serve every ReFer feature option
         return run.get(field, DEFAULTS.get(field))
 
     return json.dumps([value(k) for k in JOB_FIELDS])
 
 
+# The options of a variant, in the order of its file suffixes and of its command line, with the
+# suffix each one adds when it is not the default.
+VARIANT_SUFFIXES = {
+    "group_ranking": "-{}", "no_fit_head": "-no_fit_head", "feature_token": "-{}",
+    "no_feature_center": "-uncentered", "rounds": "-rounds{}", "num_batches": "-batches{}",
+}  # fmt: skip
+COMMAND_OPTIONS = ("seeds", "group_ranking", "feature_token", "rounds", "num_batches",
+                   "no_fit_head", "no_feature_center", "methods")  # fmt: skip
+
+
+def _changed(args, names) -> list[tuple[str, object]]:
+    """`(name, value)` of the options among `names` whose value is not the parser's default."""
+    default = _parser().get_default
+    return [(n, getattr(args, n)) for n in names if getattr(args, n) != default(n)]
+
+
 def result_name(args) -> str:
     """The stem of the result files: `structured_grid` for hf_afr's defaults, with a suffix per
     other choice (`-per_layer`, `-no_fit_head`, `-mean`, `-uncentered`, `-rounds3`, `-batches8`)."""
-    suffixes = [
-        f"-{args.group_ranking}" if args.group_ranking != "per_kind" else "",
-        "-no_fit_head" if args.no_fit_head else "",
-        f"-{args.feature_token}" if args.feature_token != "auto" else "",
-        "-uncentered" if args.no_feature_center else "",
-        f"-rounds{args.rounds}" if args.rounds != 1 else "",
-        f"-batches{args.num_batches}" if args.num_batches != 4 else "",
+    return NAME + "".join(
+        VARIANT_SUFFIXES[n].format(v) for n, v in _changed(args, VARIANT_SUFFIXES)
+    )
+
+
+def command(args) -> str:
+    """The grid's command line with the options that differ from the defaults."""
+    flags = [
+        f"--{n}" if v is True else f"--{n} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for n, v in _changed(args, COMMAND_OPTIONS)
     ]
-    return NAME + "".join(suffixes)
+    return " ".join(["python benchmarks/structured_grid.py", *flags])
 
 
 def finished_runs(out: Path, name: str = NAME) -> tuple[list[dict], float | None]:
@@ -399,6 +423,7 @@ def save(results: list[dict], jobs: list[dict], args, out: Path, timing: dict) -
     )
     meta = {
         "args": dict(vars(args)),
+        "command": command(args),
         "torch": torch.__version__,
         "runs": len(results),
         "planned": len(jobs),

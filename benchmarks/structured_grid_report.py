@@ -175,33 +175,13 @@ def widths_table(runs: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def command_flags(args: dict) -> str:
-    """The options of a grid's command line that differ from the defaults."""
-    defaults = {
-        "seeds": [0, 1, 2], "group_ranking": "per_kind", "feature_token": "auto", "rounds": 1,
-        "num_batches": 4,
-    }  # fmt: skip
-    flags = [
-        f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, default in defaults.items()
-        if (v := args.get(k, default)) != default
-    ]
-    for flag in ("no_fit_head", "no_feature_center"):
-        if args.get(flag):
-            flags.append(f" --{flag}")
-    methods = args.get("methods")
-    if methods and set(methods) != {"dense", "afr", *BASELINES}:
-        flags.append(f" --methods {' '.join(methods)}")
-    return "".join(flags)
-
-
 def report(runs: list[dict], meta: dict) -> str:
     a = meta["args"]
     partial = meta["runs"] < meta["planned"]
     title = "### Structured pruning grid" + (" (PARTIAL)" if partial else "")
     head = (
-        f"{title}\n\n`python benchmarks/structured_grid.py{command_flags(a)}` with tasks "
-        f"{a['tasks']}, seeds "
+        f"{title}\n\n`{meta.get('command', 'python benchmarks/structured_grid.py')}` with "
+        f"tasks {a['tasks']}, seeds "
         f"{a['seeds']}, sparsities {a['sparsities']}: model `{Path(a['model']).name}`, "
         f"{a['num_batches']} scoring batches of {a['scoring_batch_size']} images, fine-tuning "
         f"{a['epochs']} epochs AdamW lr {a['lr']:g} batch {a['batch_size']} (cosine), "

@@ -17,7 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-RANKINGS = ("per_kind", "per_layer", "pooled")
+from hf_afr.config import GROUP_RANKINGS
+
 COMPARED = ("afr", "snip", "magnitude")
 # A variant's choices, their defaults (runs saved before a choice existed made the default one),
 # and the methods each choice changes: magnitude reads neither the loss, the head, the features
@@ -85,7 +86,7 @@ def table(variants: dict[tuple, dict[tuple, float]]) -> str:
     ]
     order = sorted(
         variants,
-        key=lambda v: (RANKINGS.index(v[0]), not v[1], not v[3], v[2] != "cls", v[4], v[5]),
+        key=lambda v: (GROUP_RANKINGS.index(v[0]), not v[1], not v[3], v[2] != "cls", v[4], v[5]),
     )
     for key in order:
         ranking, fitted, token, centred, rounds, num_batches = key

@@ -28,10 +28,11 @@ import torch
 from transformers.utils import logging
 
 from hf_afr import DEFAULT_MODEL, AFRPruner, PrunerConfig
+from hf_afr.config import GROUP_RANKINGS
 from hf_afr.criteria.head_fit import scoring_head
 from hf_afr.data import digits_arrays
 from hf_afr.files import atomic_write_text
-from hf_afr.structure.budget import RANKINGS, select_groups
+from hf_afr.structure.budget import select_groups
 from hf_afr.structure.groups import block_groups
 from hf_afr.structure.prune import apply_plan
 from hf_afr.structure.scores import group_scores
@@ -98,7 +99,7 @@ def main(argv=None) -> str:
     ]
     for method in args.methods:
         for sparsity in args.sparsities:
-            for ranking in RANKINGS:
+            for ranking in GROUP_RANKINGS:
                 config = PrunerConfig(method=method, group_ranking=ranking, structure="heads+mlp")
                 with scoring_head(base, batches, config) as scored:  # fit_head, as in prune
                     scores = group_scores(base, scored, config, groups)

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import GROUP_RANKINGS
 from .groups import BlockGroups, prunable_group_weights
 from .scores import GroupScores
 
 STRUCTURE_KINDS = {"mlp": ("units",), "heads": ("heads",), "heads+mlp": ("heads", "units")}
-RANKINGS = ("per_kind", "per_layer", "pooled")
 
 
 @dataclass
@@ -114,8 +114,8 @@ def select_groups(
     kinds = STRUCTURE_KINDS[structure]
     target = sparsity * total_weights
     check_budget(groups, structure, sparsity, total_weights, min_units)
-    if ranking not in RANKINGS:
-        raise ValueError(f"`ranking` must be one of {', '.join(RANKINGS)}, got {ranking!r}.")
+    if ranking not in GROUP_RANKINGS:
+        raise ValueError(f"`ranking` must be one of {', '.join(GROUP_RANKINGS)}, got {ranking!r}.")
     if ranking == "pooled":
         removed = _remove_lowest(groups, scores, kinds, target, min_units)
     else:

@@ -73,7 +73,6 @@ def prune_structure(
         units={g.name: list(range(g.units)) for g in groups},
     )
     for r in range(1, config.rounds + 1):
-        groups = block_groups(model)
         removed = dense - prunable_group_weights(groups, kinds)
         goal = 1.0 - (1.0 - config.sparsity) ** (r / config.rounds)
         with scoring_head(model, batches, config) as scoring_batches:
@@ -92,6 +91,7 @@ def prune_structure(
         for kind in kinds:
             for name, index in plan.kept(kind).items():
                 kept.kept(kind)[name] = [kept.kept(kind)[name][i] for i in index]
+        groups = block_groups(model)  # the smaller model's, for the next round
     return kept
 
 

@@ -10,6 +10,7 @@ run's arguments can give.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from typing import Any
@@ -113,8 +114,8 @@ def resume_pruner(
     logger.info(f"Resuming from {checkpoint}: reusing its {kept}.")
     if saved is not None and saved != run_config:
         logger.warning(
-            f"Resuming from {checkpoint}, pruned with {_describe(saved)}; the pruning arguments "
-            f"of this run ({_describe(run_config)}) are ignored."
+            f"Resuming from {checkpoint}, pruned with {_describe(saved, run_config)}; the pruning "
+            f"arguments of this run ({_describe(run_config, saved)}) are ignored."
         )
     return resumed
 
@@ -220,6 +221,14 @@ def _widths(widths: tuple[list[int], list[int]] | None) -> str:
     return f"heads per block {widths[0]}, MLP units per block {widths[1]}"
 
 
-def _describe(config: PrunerConfig) -> str:
+def _describe(config: PrunerConfig, other: PrunerConfig) -> str:
+    """Method, sparsity and structure of `config`, and its other options that `other` sets
+    differently (`name=value`)."""
     structure = f", structure {config.structure!r}" if config.structure else ""
-    return f"{config.method!r}, sparsity {config.sparsity}{structure}"
+    shown = {"method", "sparsity", "structure"}
+    differing = [
+        f", {f.name}={getattr(config, f.name)!r}"
+        for f in dataclasses.fields(PrunerConfig)
+        if f.name not in shown and getattr(config, f.name) != getattr(other, f.name)
+    ]
+    return f"{config.method!r}, sparsity {config.sparsity}{structure}" + "".join(differing)

@@ -312,7 +312,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None):
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for name in ("rounds", "num_batches"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.preset == "toy":
         args.tasks, args.seeds, args.sparsities = ["digits"], [0], [0.5]
         args.epochs, args.train_limit, args.num_batches = 1, 96, 1

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from test_benchmarks import load
 
 # Accuracy of each method per seed (one task, one sparsity): afr beats magnitude on seeds 0 and
@@ -196,3 +197,13 @@ def test_variants_pair_afr_with_magnitude_of_the_same_ranking_and_snip_of_the_sa
     cells = "| 1 | 4 | 2 | 70.0 | 60.0 | 70.0 | 1/2 (+0.0) | 1/2 (+10.0) |"
     assert "| per_kind | new, random | cls, uncentred " + cells in text
     assert (tmp_path / "structured_grid_variants.md").read_text() == text
+
+
+@pytest.mark.parametrize("option", ["--rounds", "--num_batches"])
+def test_a_count_below_one_is_one_line_before_any_run(option, tmp_path, capsys):
+    grid = load("structured_grid")
+    with pytest.raises(SystemExit) as exit_info:
+        grid.main([option, "0", "--output_dir", str(tmp_path / "out")], run=fake_run)
+    assert exit_info.value.code == 2
+    assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
